@@ -1,0 +1,1 @@
+"""Code shared by the web front end and the Celery workers."""

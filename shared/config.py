@@ -1,0 +1,71 @@
+"""Settings: read from the environment once, in one place, and passed in."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SQLITE = f"sqlite:///{ROOT / 'var' / 'oauth.db'}"
+
+
+class Settings(BaseSettings):
+    """Every setting of the contract, with its default."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    database_url: str = DEFAULT_SQLITE
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    public_base_url: str = "http://127.0.0.1:8000"
+    secret_key: str = Field(min_length=16)
+    token_encryption_keys: str = Field(min_length=1)
+    refresh_margin_seconds: int = Field(default=600, ge=1)
+    refresh_sweep_seconds: int = Field(default=60, ge=1)
+    token_wait_seconds: float = Field(default=10, gt=0)
+    sandbox_provider: bool = False
+    # Upper bound on one call to a provider; the refresh lock lives longer than this.
+    http_timeout_seconds: float = Field(default=10, gt=0)
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @property
+    def redirect_uri(self) -> str:
+        """The exact redirect URI registered with every provider."""
+        return f"{self.public_base_url}/oauth/callback"
+
+    @property
+    def encryption_keys(self) -> list[str]:
+        """Fernet keys, newest first."""
+        return [k.strip() for k in self.token_encryption_keys.split(",") if k.strip()]
+
+    @property
+    def secure_cookies(self) -> bool:
+        """Cookies carry Secure when the service is reached over https."""
+        return self.public_base_url.startswith("https://")
+
+
+def _first_problem(error: ValidationError) -> str:
+    problem = error.errors()[0]
+    name = str(problem["loc"][0]).upper() if problem["loc"] else "settings"
+    if problem["type"] == "missing":
+        return f"configuration error: {name} is required"
+    return f"configuration error: {name}: {problem['msg']}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, or stop the program with one line naming the bad one."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        raise SystemExit(_first_problem(error)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()

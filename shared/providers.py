@@ -1,0 +1,177 @@
+"""Provider kinds, their default URLs, and the client of token and revocation endpoints."""
+from __future__ import annotations
+
+import base64
+import threading
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+import requests
+
+RESPONDIO_AUTHORIZE_URL = "https://app.respond.io/oauth/authorize"
+RESPONDIO_TOKEN_URL = "https://app.respond.io/oauth/token"
+PROVIDER_KINDS = ("respondio", "oauth2", "sandbox")
+AUTH_METHODS = ("client_secret_basic", "client_secret_post")
+
+
+def default_urls(provider: str, public_base_url: str) -> dict[str, str | None]:
+    """The URLs a provider kind uses when the integration names none."""
+    if provider == "respondio":
+        return {"authorize_url": RESPONDIO_AUTHORIZE_URL, "token_url": RESPONDIO_TOKEN_URL, "revoke_url": None}
+    if provider == "sandbox":
+        base = f"{public_base_url}/sandbox/oauth"
+        return {"authorize_url": f"{base}/authorize", "token_url": f"{base}/token", "revoke_url": f"{base}/revoke"}
+    return {"authorize_url": None, "token_url": None, "revoke_url": None}
+
+
+def build_authorize_url(
+    authorize_url: str,
+    *,
+    client_id: str,
+    redirect_uri: str,
+    scopes: list[str],
+    state: str,
+    code_challenge: str | None,
+    extra_params: dict[str, str] | None = None,
+) -> str:
+    """The provider's authorize URL with the flow's parameters, keeping any query it had."""
+    parts = urlsplit(authorize_url)
+    params: dict[str, str] = dict(parse_qsl(parts.query))
+    params.update(extra_params or {})
+    params.update({"response_type": "code", "client_id": client_id, "redirect_uri": redirect_uri, "state": state})
+    if scopes:
+        params["scope"] = " ".join(scopes)
+    if code_challenge:
+        params.update({"code_challenge": code_challenge, "code_challenge_method": "S256"})
+    return urlunsplit(parts._replace(query=urlencode(params, quote_via=quote)))
+
+
+@dataclass(frozen=True)
+class OAuthClient:
+    """What a token-endpoint call needs of an integration, with the secret decrypted."""
+
+    client_id: str
+    client_secret: str
+    token_url: str
+    auth_method: str = "client_secret_basic"
+    revoke_url: str | None = None
+
+
+@dataclass(frozen=True)
+class TokenSet:
+    """A successful token response."""
+
+    access_token: str
+    token_type: str
+    refresh_token: str | None
+    expires_in: int | None
+    scopes: list[str] | None
+
+
+class ProviderError(Exception):
+    """The provider answered with an error, or could not be reached."""
+
+    def __init__(self, message: str, *, status: int | None = None, error: str | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.retry_after = retry_after
+
+    @property
+    def answered(self) -> bool:
+        """Whether the provider gave an HTTP answer (a code is then spent)."""
+        return self.status is not None
+
+
+_local = threading.local()
+
+
+def _http() -> requests.Session:
+    """A pooled HTTP session per thread."""
+    session = getattr(_local, "session", None)
+    if session is None:
+        session = _local.session = requests.Session()
+    return session
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _authenticated(client: OAuthClient, form: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Form and headers carrying the client's credentials (RFC 6749 §2.3.1)."""
+    headers = {"Accept": "application/json"}
+    form = dict(form)
+    if client.auth_method == "client_secret_post":
+        form.update({"client_id": client.client_id, "client_secret": client.client_secret})
+    else:
+        pair = f"{quote(client.client_id, safe='')}:{quote(client.client_secret, safe='')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+    return form, headers
+
+
+def _post(url: str, form: dict[str, str], headers: dict[str, str], timeout: float) -> requests.Response:
+    try:
+        return _http().post(url, data=form, headers=headers, timeout=timeout, allow_redirects=False)
+    except requests.Timeout as error:
+        raise ProviderError(f"timeout after {timeout:g}s", error="timeout") from error
+    except requests.RequestException as error:
+        raise ProviderError(f"connection error: {type(error).__name__}", error="connection_error") from error
+
+
+def request_token(client: OAuthClient, form: dict[str, str], timeout: float) -> TokenSet:
+    """POST the token endpoint once; raise ProviderError on anything but a token."""
+    body, headers = _authenticated(client, form)
+    response = _post(client.token_url, body, headers, timeout)
+    try:
+        payload: Any = response.json()
+    except ValueError:
+        payload = {}
+    if not isinstance(payload, dict):
+        payload = {}
+    if response.status_code != 200 or "access_token" not in payload:
+        error = str(payload.get("error") or f"http_{response.status_code}")
+        description = str(payload.get("error_description") or "")[:200]
+        message = f"{error}: {description}" if description else error
+        raise ProviderError(message, status=response.status_code, error=error,
+                            retry_after=_retry_after(response))
+    expires_in = payload.get("expires_in")
+    scope = payload.get("scope")
+    return TokenSet(
+        access_token=str(payload["access_token"]),
+        token_type=str(payload.get("token_type") or "Bearer"),
+        refresh_token=payload.get("refresh_token"),
+        expires_in=int(expires_in) if expires_in is not None else None,
+        scopes=scope.split() if isinstance(scope, str) else None,
+    )
+
+
+def exchange_code(client: OAuthClient, *, code: str, redirect_uri: str, code_verifier: str | None,
+                  timeout: float) -> TokenSet:
+    """The authorization-code grant."""
+    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri}
+    if code_verifier:
+        form["code_verifier"] = code_verifier
+    return request_token(client, form, timeout)
+
+
+def refresh(client: OAuthClient, *, refresh_token: str, timeout: float) -> TokenSet:
+    """The refresh-token grant."""
+    return request_token(client, {"grant_type": "refresh_token", "refresh_token": refresh_token}, timeout)
+
+
+def revoke(client: OAuthClient, *, token: str, token_type_hint: str, timeout: float) -> None:
+    """RFC 7009 revocation; a 200 is success, anything else raises."""
+    if not client.revoke_url:
+        return
+    body, headers = _authenticated(client, {"token": token, "token_type_hint": token_type_hint})
+    response = _post(client.revoke_url, body, headers, timeout)
+    if response.status_code != 200:
+        raise ProviderError(f"revoke answered {response.status_code}", status=response.status_code,
+                            retry_after=_retry_after(response))

@@ -1,0 +1,37 @@
+"""The long-lived objects a process builds once from its settings."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import redis
+
+from shared.config import Settings
+from shared.crypto import Cipher
+from shared.db import Database
+from shared.nonces import CodeStore, StateStore
+
+
+@dataclass
+class Runtime:
+    """Settings, database, Redis and cipher of one process."""
+
+    settings: Settings
+    db: Database
+    redis: redis.Redis
+    cipher: Cipher
+    states: StateStore = field(init=False)
+    codes: CodeStore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.states = StateStore(self.redis, self.cipher)
+        self.codes = CodeStore(self.redis, self.cipher)
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    """Connect to the database and Redis named by the settings."""
+    return Runtime(
+        settings=settings,
+        db=Database(settings.database_url),
+        redis=redis.Redis.from_url(settings.redis_url, health_check_interval=30),
+        cipher=Cipher(settings.encryption_keys),
+    )
