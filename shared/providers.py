@@ -15,14 +15,15 @@ PROVIDER_KINDS = ("respondio", "oauth2", "sandbox")
 AUTH_METHODS = ("client_secret_basic", "client_secret_post")
 
 
-def default_urls(provider: str, public_base_url: str) -> dict[str, str | None]:
-    """The URLs a provider kind uses when the integration names none."""
+def default_urls(provider: str, public_base_url: str) -> dict[str, str]:
+    """The URLs (and issuer) a provider kind uses when the integration names none."""
     if provider == "respondio":
-        return {"authorize_url": RESPONDIO_AUTHORIZE_URL, "token_url": RESPONDIO_TOKEN_URL, "revoke_url": None}
+        return {"authorize_url": RESPONDIO_AUTHORIZE_URL, "token_url": RESPONDIO_TOKEN_URL}
     if provider == "sandbox":
-        base = f"{public_base_url}/sandbox/oauth"
-        return {"authorize_url": f"{base}/authorize", "token_url": f"{base}/token", "revoke_url": f"{base}/revoke"}
-    return {"authorize_url": None, "token_url": None, "revoke_url": None}
+        issuer = f"{public_base_url}/sandbox"
+        return {"authorize_url": f"{issuer}/oauth/authorize", "token_url": f"{issuer}/oauth/token",
+                "revoke_url": f"{issuer}/oauth/revoke", "issuer": issuer}
+    return {}
 
 
 def build_authorize_url(

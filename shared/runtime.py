@@ -4,25 +4,30 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import redis
+from celery import Celery
 
 from shared.config import Settings
 from shared.crypto import Cipher
 from shared.db import Database
 from shared.nonces import CodeStore, StateStore
+from shared.queue import build_celery
 
 
 @dataclass
 class Runtime:
-    """Settings, database, Redis and cipher of one process."""
+    """Settings, database, Redis, cipher and Celery client of one process."""
 
     settings: Settings
     db: Database
     redis: redis.Redis
     cipher: Cipher
+    celery: Celery = None  # type: ignore[assignment]  # built from the settings when not given
     states: StateStore = field(init=False)
     codes: CodeStore = field(init=False)
 
     def __post_init__(self) -> None:
+        if self.celery is None:
+            self.celery = build_celery(self.settings)
         self.states = StateStore(self.redis, self.cipher)
         self.codes = CodeStore(self.redis, self.cipher)
 

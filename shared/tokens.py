@@ -1,0 +1,95 @@
+"""The rules of the token lifecycle, in one place: when a connection is due,
+how new tokens are written (fenced by version), and how failures are classed."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from shared.crypto import Cipher
+from shared.models import Connection, Event, utcnow
+from shared.providers import ProviderError, TokenSet
+
+
+def margin_for(lifetime_seconds: int | None, margin_seconds: int) -> float:
+    """How long before expiry a token is due: the margin, or half the lifetime
+    of tokens that live less than twice the margin."""
+    if lifetime_seconds and lifetime_seconds < 2 * margin_seconds:
+        return lifetime_seconds / 2
+    return float(margin_seconds)
+
+
+def due_at(expires_at: datetime | None, lifetime_seconds: int | None, margin_seconds: int) -> datetime | None:
+    """When a token becomes due; None for a token that never expires."""
+    if expires_at is None:
+        return None
+    return expires_at - timedelta(seconds=margin_for(lifetime_seconds, margin_seconds))
+
+
+def is_due(connection: Connection, margin_seconds: int, now: datetime | None = None) -> bool:
+    """Whether an active connection should be refreshed now."""
+    when = due_at(connection.expires_at, connection.lifetime_seconds, margin_seconds)
+    return connection.status == "active" and when is not None and (now or utcnow()) >= when
+
+
+def token_values(tokens: TokenSet, cipher: Cipher, now: datetime | None = None) -> dict[str, Any]:
+    """Column values for a fresh token response; a response without a refresh
+    token keeps the stored one (the key is left out)."""
+    now = now or utcnow()
+    values: dict[str, Any] = {
+        "access_token_enc": cipher.encrypt(tokens.access_token),
+        "token_type": tokens.token_type,
+        "expires_at": now + timedelta(seconds=tokens.expires_in) if tokens.expires_in is not None else None,
+        "lifetime_seconds": tokens.expires_in,
+        "status": "active",
+        "refresh_failures": 0,
+        "last_error": None,
+        "updated_at": now,
+    }
+    if tokens.refresh_token:
+        values["refresh_token_enc"] = cipher.encrypt(tokens.refresh_token)
+    if tokens.scopes is not None:
+        values["scopes"] = tokens.scopes
+    return values
+
+
+def fenced_update(session: Session, connection_id: str, version: int, values: dict[str, Any]) -> bool:
+    """`UPDATE … WHERE id = ? AND version = ?`, bumping the version. False means
+    someone else wrote first and this writer's result must be dropped."""
+    result = session.execute(
+        update(Connection)
+        .where(Connection.id == connection_id, Connection.version == version)
+        .values(version=Connection.version + 1, **values)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def record_event(session: Session, connection: Connection, type_: str, error: str | None = None) -> Event:
+    """Append an entry to a connection's history."""
+    event = Event(connection_id=connection.id, tenant_id=connection.tenant_id, type=type_, error=error)
+    session.add(event)
+    return event
+
+
+class Failure(str, Enum):
+    """What follows a failed token request."""
+
+    REAUTH = "reauth"  # the grant is gone: needs_reauth, no retry
+    RATE_LIMITED = "rate_limited"  # retry after Retry-After
+    TRANSIENT = "transient"  # retry with backoff
+
+
+REAUTH_ERRORS = frozenset({"invalid_grant", "unauthorized_client"})
+
+
+def classify(error: ProviderError) -> Failure:
+    """The failure class of a provider error."""
+    if error.error in REAUTH_ERRORS:
+        return Failure.REAUTH
+    if error.status == 429:
+        return Failure.RATE_LIMITED
+    return Failure.TRANSIENT

@@ -1,0 +1,156 @@
+"""The browser flow: start at the provider, take the callback, show the attempt.
+
+The web never calls the provider: the callback stores the code encrypted and
+enqueues the exchange with the attempt id only."""
+from __future__ import annotations
+
+import re
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+from flask import Blueprint, Response, make_response, redirect, render_template, request
+from sqlalchemy import update
+
+from shared import pkce
+from shared.crypto import digest, new_secret, same
+from shared.models import ConnectAttempt, ConnectSession, Integration, utcnow
+from shared.nonces import STATE_TTL_SECONDS, PendingState
+from shared.providers import build_authorize_url
+from shared.queue import EXCHANGE_CODE
+from web import runtime
+
+bp = Blueprint("connect", __name__)
+
+BINDING_COOKIE = "connect_binding"
+_ERROR_CODE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# No referrer leaves these pages (the callback URL carries the code), and nothing
+# is loaded from anywhere but inline styles.
+PAGE_HEADERS = {
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'none'; frame-ancestors 'none'",
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+@bp.after_request
+def _page_headers(response: Response) -> Response:
+    response.headers.update(PAGE_HEADERS)
+    return response
+
+
+def _page(status: int, title: str, message: str) -> tuple[str, int]:
+    return render_template("message.html", title=title, message=message), status
+
+
+@bp.get("/connect/<token>")
+def start(token: str) -> Response | tuple[str, int]:
+    """Claim the single-use link, remember the state, and send the browser to the provider."""
+    rt = runtime()
+    now = utcnow()
+    with rt.db.session() as session:
+        connect_session = session.query(ConnectSession).filter_by(token_hash=digest(token)).one_or_none()
+        if connect_session is None:
+            return _page(404, "Link not found", "This connect link is not valid. Ask the app for a new one.")
+        if connect_session.expires_at <= now:
+            return _page(410, "Link expired", "This connect link has expired. Ask the app for a new one.")
+        claimed = session.execute(
+            update(ConnectSession)
+            .where(ConnectSession.id == connect_session.id, ConnectSession.used_at.is_(None))
+            .values(used_at=now)
+        ).rowcount
+        if not claimed:
+            return _page(410, "Link already used", "This connect link has been used. Ask the app for a new one.")
+        integration = session.get(Integration, connect_session.integration_id)
+        assert integration is not None
+
+    binding = request.cookies.get(BINDING_COOKIE) or new_secret(24)
+    verifier = pkce.new_verifier()
+    state = new_secret(32)
+    rt.states.put(state, PendingState(session_id=connect_session.id, code_verifier=verifier,
+                                      binding_hash=digest(binding)))
+    location = build_authorize_url(
+        integration.authorize_url,
+        client_id=integration.client_id,
+        redirect_uri=rt.settings.redirect_uri,
+        scopes=integration.scopes,
+        state=state,
+        code_challenge=pkce.s256_challenge(verifier) if integration.pkce else None,
+        extra_params=integration.extra_authorize_params,
+    )
+    response = redirect(location, 302)
+    response.set_cookie(BINDING_COOKIE, binding, max_age=STATE_TTL_SECONDS, httponly=True, samesite="Lax",
+                        secure=rt.settings.secure_cookies, path="/")
+    return response
+
+
+def _provider_error(value: str) -> str:
+    return value if _ERROR_CODE.match(value) else "provider_error"
+
+
+@bp.get("/oauth/callback")
+def callback() -> Response | tuple[str, int]:
+    """Consume the state, check the browser and the issuer, then queue the exchange."""
+    rt = runtime()
+    args = request.args
+    state = args.get("state", "")
+    pending = rt.states.consume(state) if state else None
+    if pending is None:
+        return _page(400, "Sign-in could not be completed",
+                     "This sign-in has expired or was already used. Start again from the app.")
+    binding = request.cookies.get(BINDING_COOKIE, "")
+    if not binding or not same(digest(binding), pending.binding_hash):
+        return _page(400, "Sign-in could not be completed",
+                     "This sign-in was started in another browser. Start again from the app, in this browser.")
+
+    with rt.db.session() as session:
+        connect_session = session.get(ConnectSession, pending.session_id)
+        integration = session.get(Integration, connect_session.integration_id) if connect_session else None
+        if connect_session is None or integration is None:
+            return _page(404, "Link not found", "This sign-in no longer exists.")
+        attempt = ConnectAttempt(session_id=connect_session.id)
+        session.add(attempt)
+        error = None
+        if "error" in args:
+            error = _provider_error(args["error"])
+        elif integration.issuer and not same(args.get("iss", ""), integration.issuer):
+            error = "issuer_mismatch"
+        elif not args.get("code"):
+            error = "missing_code"
+        if error:
+            attempt.status, attempt.error, attempt.finished_at = "failed", error, utcnow()
+        else:
+            rt.codes.put(attempt.id, args["code"], pending.code_verifier)
+    if not error:
+        rt.celery.send_task(EXCHANGE_CODE, args=[attempt.id], ignore_result=True)
+    return redirect(f"/connect/attempts/{attempt.id}", 303)
+
+
+def _return_location(return_url: str, attempt: ConnectAttempt) -> str:
+    params = {"status": attempt.status}
+    if attempt.connection_id:
+        params["connection_id"] = attempt.connection_id
+    if attempt.error:
+        params["error"] = attempt.error
+    parts = urlsplit(return_url)
+    query = f"{parts.query}&{urlencode(params)}" if parts.query else urlencode(params)
+    return urlunsplit(parts._replace(query=query))
+
+
+@bp.get("/connect/attempts/<attempt_id>")
+def attempt_status(attempt_id: str) -> Response | tuple[str, int]:
+    """The attempt as JSON, or a page that refreshes until it ends and then returns to the app."""
+    with runtime().db.session() as session:
+        attempt = session.get(ConnectAttempt, attempt_id)
+        connect_session = session.get(ConnectSession, attempt.session_id) if attempt else None
+    wants_json = request.accept_mimetypes.best_match(["text/html", "application/json"]) == "application/json"
+    if attempt is None or connect_session is None:
+        if wants_json:
+            return make_response({"error": {"code": "not_found", "message": "attempt not found"}}, 404)
+        return _page(404, "Not found", "There is no such sign-in.")
+    if wants_json:
+        body = {"status": attempt.status}
+        body.update({k: v for k, v in (("connection_id", attempt.connection_id), ("error", attempt.error)) if v})
+        return make_response(body, 200)
+    if attempt.status != "pending" and connect_session.return_url:
+        return redirect(_return_location(connect_session.return_url, attempt), 303)
+    return render_template("attempt.html", attempt=attempt), 200

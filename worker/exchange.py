@@ -1,0 +1,90 @@
+"""`exchange_code`: trade an attempt's authorization code for tokens, once."""
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.orm import Session
+
+from shared.models import ConnectAttempt, Connection, ConnectSession, Integration, utcnow
+from shared.providers import OAuthClient, ProviderError, TokenSet, exchange_code as post_code
+from shared.queue import EXCHANGE_CODE
+from shared.runtime import Runtime
+from shared.tokens import fenced_update, record_event, token_values
+from worker.app import celery, runtime
+
+log = logging.getLogger(__name__)
+
+
+def oauth_client(rt: Runtime, integration: Integration) -> OAuthClient:
+    """The token-endpoint client of an integration, secret decrypted in memory only."""
+    return OAuthClient(
+        client_id=integration.client_id,
+        client_secret=rt.cipher.decrypt(integration.client_secret_enc),
+        token_url=integration.token_url,
+        auth_method=integration.token_auth_method,
+        revoke_url=integration.revoke_url,
+    )
+
+
+def _finish(session: Session, attempt_id: str, status: str, *, error: str | None = None,
+            connection_id: str | None = None) -> None:
+    attempt = session.get(ConnectAttempt, attempt_id)
+    assert attempt is not None
+    attempt.status, attempt.error, attempt.connection_id = status, error, connection_id
+    attempt.finished_at = utcnow()
+
+
+def _store(rt: Runtime, session: Session, connect_session: ConnectSession, tokens: TokenSet) -> str:
+    """Create the connection, or re-authorize the one the session names; return its id."""
+    values = token_values(tokens, rt.cipher)
+    if connect_session.connection_id:
+        connection = session.get(Connection, connect_session.connection_id, with_for_update=True)
+        assert connection is not None
+        if not fenced_update(session, connection.id, connection.version, values):
+            raise RuntimeError("connection changed while locked")
+        record_event(session, connection, "reauthorized")
+        return connection.id
+    values.setdefault("scopes", [])
+    connection = Connection(tenant_id=connect_session.tenant_id, integration_id=connect_session.integration_id,
+                            end_user_id=connect_session.end_user_id, **values)
+    if not tokens.scopes:
+        connection.scopes = session.get(Integration, connect_session.integration_id).scopes
+    session.add(connection)
+    session.flush()
+    record_event(session, connection, "created")
+    return connection.id
+
+
+@celery.task(name=EXCHANGE_CODE, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def exchange_code(attempt_id: str) -> None:
+    """Post the code to the token endpoint once, never again after the provider answered.
+
+    The code is taken from Redis atomically before the call, so a redelivered task
+    finds nothing to post and fails the attempt instead of spending the code twice."""
+    rt = runtime()
+    with rt.db.session() as session:
+        attempt = session.get(ConnectAttempt, attempt_id)
+        if attempt is None or attempt.status != "pending":
+            return
+        connect_session = session.get(ConnectSession, attempt.session_id)
+        integration = session.get(Integration, connect_session.integration_id)
+        client = oauth_client(rt, integration)
+        use_pkce = integration.pkce
+    taken = rt.codes.take(attempt_id)
+    if taken is None:
+        with rt.db.session() as session:
+            _finish(session, attempt_id, "failed", error="exchange_interrupted")
+        return
+    code, verifier = taken
+    try:
+        tokens = post_code(client, code=code, redirect_uri=rt.settings.redirect_uri,
+                           code_verifier=verifier if use_pkce else None, timeout=rt.settings.http_timeout_seconds)
+    except ProviderError as error:
+        log.warning("exchange for attempt %s failed: %s", attempt_id, error.error)
+        with rt.db.session() as session:
+            _finish(session, attempt_id, "failed", error=error.error or "exchange_failed")
+        return
+    with rt.db.session() as session:
+        connection_id = _store(rt, session, connect_session, tokens)
+        _finish(session, attempt_id, "succeeded", connection_id=connection_id)
+    log.info("attempt %s connected %s", attempt_id, connection_id)
