@@ -1,0 +1,36 @@
+# Everything runs from a virtual environment under the repo, created on first use.
+VENV ?= .venv
+PYTHON ?= python3
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: dev test bench compose-check clean
+
+# (Re)install whenever pyproject.toml changes.
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+## The whole system in the foreground: web, worker, beat, Redis if needed. Ctrl-C stops it.
+dev: $(STAMP)
+	$(VENV)/bin/python scripts/dev.py
+
+## The whole test suite.
+test: $(STAMP)
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+## The benchmarks, with a report of figures.
+bench: $(STAMP)
+	$(VENV)/bin/python -m bench
+
+## Validate docker-compose.yml (dummy secrets unless set).
+compose-check:
+	SECRET_KEY="$${SECRET_KEY:-compose-check-secret-key}" \
+	TOKEN_ENCRYPTION_KEYS="$${TOKEN_ENCRYPTION_KEYS:-compose-check-key}" \
+	docker-compose config -q
+
+## Remove generated files, including the dev database and its keys under var/ (the venv stays).
+clean:
+	rm -rf var build dist .pytest_cache *.egg-info bench/report*.md
+	find . -name __pycache__ -type d -not -path './.venv/*' -prune -exec rm -rf {} +
