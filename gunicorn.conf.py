@@ -1,0 +1,44 @@
+"""Gunicorn settings: `gunicorn "web:create_app()"` is production-ready with this file alone.
+
+Environment: PORT (8000), WEB_CONCURRENCY (processes), WEB_THREADS (threads per process),
+GUNICORN_TIMEOUT (seconds), GUNICORN_LOG_LEVEL (info)."""
+import multiprocessing
+import os
+
+
+def _int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value else default
+
+
+bind = f"0.0.0.0:{_int('PORT', 8000)}"
+
+# Threads, not one request per process: `GET /api/v1/connections/{id}/token` may
+# wait up to TOKEN_WAIT_SECONDS for a refresh to land, and while it waits, it must
+# hold up no other request. Each process serves WEB_THREADS requests at once.
+worker_class = "gthread"
+workers = _int("WEB_CONCURRENCY", min(2 * multiprocessing.cpu_count() + 1, 8))
+threads = _int("WEB_THREADS", 32)
+
+# A request may wait TOKEN_WAIT_SECONDS (10 by default) and the provider call behind
+# it is bounded by HTTP_TIMEOUT_SECONDS, so 30 s is ample; a stuck worker is recycled.
+timeout = _int("GUNICORN_TIMEOUT", 30)
+graceful_timeout = 30
+keepalive = 5
+
+# Recycle processes now and then, staggered, to bound any slow leak.
+max_requests = 10_000
+max_requests_jitter = 1_000
+
+# Behind a proxy (compose, a load balancer): honour its X-Forwarded-* headers.
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+# Logs go to stdout/stderr, for the process manager to collect.
+accesslog = "-"
+errorlog = "-"
+loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
+# Method and path only, never the query string: the OAuth callback carries the
+# authorization `code` (and `state`) in its query, and a code must never reach a
+# log. So no %(r)s (the request line), no %(q)s (the query) and no %(U)s?%(q)s.
+# The referer is left out for the same reason (it may hold a query string too).
+access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms "%(a)s"'
