@@ -1,0 +1,226 @@
+"""The connect flow end to end: browser, web, Redis, worker processes and the sandbox provider."""
+from __future__ import annotations
+
+from urllib.parse import parse_qs, parse_qsl, urlsplit
+
+import pytest
+import requests
+from sqlalchemy import inspect, select, text
+
+from tests.integration.stack import Browser, Stack, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_connect_session_ends_in_an_active_connection_and_a_token(stack: Stack) -> None:
+    tenant = stack.tenant()
+    client, integration = tenant.sandbox_integration()
+    attempt = Browser(stack).connect(tenant.connect_url(integration["id"], "user-42"))
+
+    assert attempt["status"] == "succeeded"
+    connection = tenant.call("GET", f"/connections/{attempt['connection_id']}").json()
+    assert connection["status"] == "active"
+    assert connection["end_user_id"] == "user-42"
+    assert connection["integration_id"] == integration["id"]
+    assert connection["scopes"] == ["contact:read", "message:write"]
+    token = tenant.call("GET", f"/connections/{attempt['connection_id']}/token")
+    assert token.status_code == 200
+    assert token.headers["Cache-Control"] == "no-store"
+    body = token.json()
+    assert body["token_type"] == "Bearer" and body["expires_at"].endswith("Z")
+    introspection = requests.post(f"{stack.base_url}/sandbox/oauth/introspect", data={"token": body["access_token"]},
+                                  auth=(client["client_id"], client["client_secret"]), timeout=5).json()
+    assert introspection["active"] is True
+    events = tenant.call("GET", f"/connections/{attempt['connection_id']}/events").json()["data"]
+    assert [e["type"] for e in events] == ["created"]
+    listed = tenant.call("GET", "/connections", params={"end_user_id": "user-42"}).json()
+    assert [c["id"] for c in listed["data"]] == [attempt["connection_id"]]
+
+
+def test_the_flow_sends_pkce_and_the_exact_redirect_uri(stack: Stack) -> None:
+    tenant = stack.tenant()
+    _, integration = tenant.sandbox_integration()
+    authorize_url = Browser(stack).open_connect(tenant.connect_url(integration["id"]))
+    params = dict(parse_qsl(urlsplit(authorize_url).query))
+    assert params["redirect_uri"] == f"{stack.base_url}/oauth/callback"
+    assert params["code_challenge_method"] == "S256" and len(params["code_challenge"]) == 43
+    assert params["scope"] == "contact:read message:write"
+    assert params["client_id"] == integration["client_id"]
+
+
+def test_client_secret_post_authentication_also_exchanges(stack: Stack) -> None:
+    tenant = stack.tenant()
+    _, integration = tenant.sandbox_integration(token_auth_method="client_secret_post")
+    attempt = Browser(stack).connect(tenant.connect_url(integration["id"]))
+    assert attempt["status"] == "succeeded"
+
+
+def test_access_denied_fails_the_attempt_with_that_reason(stack: Stack) -> None:
+    tenant = stack.tenant()
+    client, integration = tenant.sandbox_integration()
+    connect_url = tenant.connect_url(integration["id"], return_url="https://app.example/done?x=1")
+    browser = Browser(stack)
+    response = browser.callback(browser.decide(browser.open_connect(connect_url), "deny"))
+    assert response.status_code == 303
+    attempt = browser.attempt(response.headers["Location"])
+    assert attempt == {"status": "failed", "error": "access_denied"}
+    assert stack.sandbox_stats(client["client_id"])["token_requests"]["authorization_code"] == 0
+    page = browser.session.get(f"{stack.base_url}{response.headers['Location']}", allow_redirects=False, timeout=5)
+    assert page.status_code == 303
+    back = urlsplit(page.headers["Location"])
+    assert back.netloc == "app.example"
+    assert parse_qs(back.query) == {"x": ["1"], "status": ["failed"], "error": ["access_denied"]}
+    assert tenant.call("GET", "/connections").json()["data"] == []
+
+
+def test_the_return_url_gets_the_connection_id_and_status(stack: Stack) -> None:
+    tenant = stack.tenant()
+    _, integration = tenant.sandbox_integration()
+    browser = Browser(stack)
+    response = browser.callback(browser.decide(browser.open_connect(
+        tenant.connect_url(integration["id"], return_url="https://app.example/back"))))
+    attempt = browser.attempt(response.headers["Location"])
+    page = browser.session.get(f"{stack.base_url}{response.headers['Location']}", allow_redirects=False, timeout=5)
+    assert page.status_code == 303
+    query = parse_qs(urlsplit(page.headers["Location"]).query)
+    assert query == {"status": ["succeeded"], "connection_id": [attempt["connection_id"]]}
+
+
+def test_a_replayed_callback_is_refused_with_no_second_exchange(stack: Stack) -> None:
+    tenant = stack.tenant()
+    client, integration = tenant.sandbox_integration()
+    browser = Browser(stack)
+    callback_url = browser.decide(browser.open_connect(tenant.connect_url(integration["id"])))
+    first = browser.callback(callback_url)
+    assert browser.attempt(first.headers["Location"])["status"] == "succeeded"
+
+    replay = browser.callback(callback_url)
+    assert replay.status_code == 400
+    assert "expired or was already used" in replay.text
+    assert stack.sandbox_stats(client["client_id"])["token_requests"]["authorization_code"] == 1
+    assert len(tenant.call("GET", "/connections").json()["data"]) == 1
+
+
+def test_an_expired_state_is_refused(stack: Stack) -> None:
+    tenant = stack.tenant()
+    client, integration = tenant.sandbox_integration()
+    browser = Browser(stack)
+    authorize_url = browser.open_connect(tenant.connect_url(integration["id"]))
+    state = dict(parse_qsl(urlsplit(authorize_url).query))["state"]
+    key = f"state:{state}"
+    assert 0 < stack.runtime.redis.ttl(key) <= 600
+    stack.runtime.redis.pexpire(key, 1)
+    wait_for(lambda: not stack.runtime.redis.exists(key), what="the state to expire")
+
+    response = browser.callback(browser.decide(authorize_url))
+    assert response.status_code == 400
+    assert stack.sandbox_stats(client["client_id"])["token_requests"]["authorization_code"] == 0
+
+
+def test_a_browser_without_the_binding_cookie_is_refused(stack: Stack) -> None:
+    tenant = stack.tenant()
+    client, integration = tenant.sandbox_integration()
+    victim = Browser(stack)
+    callback_url = victim.decide(victim.open_connect(tenant.connect_url(integration["id"])))
+
+    attacker = Browser(stack)
+    response = attacker.callback(callback_url)
+    assert response.status_code == 400
+    assert "another browser" in response.text
+    assert stack.sandbox_stats(client["client_id"])["token_requests"]["authorization_code"] == 0
+    # The state was consumed by the refused attempt: the legitimate browser cannot reuse it either.
+    assert victim.callback(callback_url).status_code == 400
+
+
+def test_a_connect_link_works_once_only(stack: Stack) -> None:
+    tenant = stack.tenant()
+    _, integration = tenant.sandbox_integration()
+    connect_url = tenant.connect_url(integration["id"])
+    assert Browser(stack).open_connect(connect_url)
+    again = Browser(stack).session.get(connect_url, allow_redirects=False, timeout=5)
+    assert again.status_code == 410
+    assert "already used" in again.text
+    unknown = requests.get(f"{stack.base_url}/connect/not-a-token", timeout=5)
+    assert unknown.status_code == 404
+
+
+def test_an_issuer_mismatch_fails_the_attempt(stack: Stack) -> None:
+    tenant = stack.tenant()
+    _, integration = tenant.sandbox_integration(issuer="https://someone-else.example")
+    attempt = Browser(stack).connect(tenant.connect_url(integration["id"]))
+    assert attempt == {"status": "failed", "error": "issuer_mismatch"}
+
+
+def test_callback_and_status_pages_leak_no_referrer(stack: Stack) -> None:
+    tenant = stack.tenant()
+    _, integration = tenant.sandbox_integration()
+    browser = Browser(stack)
+    response = browser.callback(browser.decide(browser.open_connect(tenant.connect_url(integration["id"]))))
+    page = browser.session.get(f"{stack.base_url}{response.headers['Location']}", timeout=5)
+    for answer in (response, page):
+        assert answer.headers["Referrer-Policy"] == "no-referrer"
+        assert "default-src 'none'" in answer.headers["Content-Security-Policy"]
+    assert "http" not in page.text.replace(stack.base_url, "")
+
+
+def _everything_stored(stack: Stack) -> str:
+    """Every value in every table and every Redis key of the tests' database, as one text."""
+    chunks: list[str] = []
+    with stack.runtime.db.engine.connect() as connection:
+        for table in inspect(connection).get_table_names():
+            for row in connection.execute(text(f"SELECT * FROM {table}")):
+                chunks.extend(str(value) for value in row)
+    r = stack.runtime.redis
+    for key in r.scan_iter(count=1000):
+        kind = r.type(key).decode()
+        chunks.append(key.decode(errors="replace"))
+        if kind == "string":
+            chunks.append(r.get(key).decode(errors="replace"))
+        elif kind == "hash":
+            chunks.extend(f"{k!r}{v!r}" for k, v in r.hgetall(key).items())
+        elif kind == "list":
+            chunks.extend(v.decode(errors="replace") for v in r.lrange(key, 0, -1))
+        elif kind in ("set", "zset"):
+            members = r.smembers(key) if kind == "set" else r.zrange(key, 0, -1)
+            chunks.extend(m.decode(errors="replace") for m in members)
+    return "\n".join(chunks)
+
+
+def test_no_token_code_or_secret_is_stored_in_plaintext(stack: Stack) -> None:
+    from shared.models import Connection
+
+    tenant = stack.tenant()
+    client, integration = tenant.sandbox_integration()
+    browser = Browser(stack)
+    callback_url = browser.decide(browser.open_connect(tenant.connect_url(integration["id"])))
+    code = dict(parse_qsl(urlsplit(callback_url).query))["code"]
+    attempt = browser.attempt(browser.callback(callback_url).headers["Location"])
+    access_token = tenant.call("GET", f"/connections/{attempt['connection_id']}/token").json()["access_token"]
+    with stack.runtime.db.session() as session:
+        stored = session.scalar(select(Connection).where(Connection.id == attempt["connection_id"]))
+        refresh_token = stack.runtime.cipher.decrypt(stored.refresh_token_enc)
+
+    everything = _everything_stored(stack)
+    logs = "\n".join(process.output() for process in stack.processes)
+    for secret in (access_token, refresh_token, code, client["client_secret"], tenant.api_key):
+        assert len(secret) >= 16
+        assert secret not in everything
+        assert secret not in logs
+
+
+def test_a_tenant_cannot_see_another_tenants_resources(stack: Stack) -> None:
+    owner, stranger = stack.tenant("owner"), stack.tenant("stranger")
+    _, integration = owner.sandbox_integration()
+    attempt = Browser(stack).connect(owner.connect_url(integration["id"]))
+    connection_id = attempt["connection_id"]
+
+    for path in (f"/integrations/{integration['id']}", f"/connections/{connection_id}",
+                 f"/connections/{connection_id}/token", f"/connections/{connection_id}/events"):
+        response = stranger.call("GET", path)
+        assert response.status_code == 404, path
+        assert response.json()["error"]["code"] == "not_found"
+        assert owner.call("GET", path).status_code == 200, path
+    assert stranger.call("GET", "/integrations").json()["data"] == []
+    assert stranger.call("GET", "/connections").json()["data"] == []
+    session = stranger.call("POST", "/connect-sessions", json={"integration_id": integration["id"], "end_user_id": "x"})
+    assert session.status_code == 404
