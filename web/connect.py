@@ -109,6 +109,7 @@ def callback() -> Response | tuple[str, int]:
             return _page(404, "Link not found", "This sign-in no longer exists.")
         attempt = ConnectAttempt(session_id=connect_session.id)
         session.add(attempt)
+        session.flush()
         error = None
         if "error" in args:
             error = _provider_error(args["error"])
