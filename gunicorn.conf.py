@@ -42,3 +42,9 @@ loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
 # log. So no %(r)s (the request line), no %(q)s (the query) and no %(U)s?%(q)s.
 # The referer is left out for the same reason (it may hold a query string too).
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms "%(a)s"'
+
+# Gunicorn 25+ opens a control socket at one fixed path per user
+# (~/.gunicorn/gunicorn.ctl): several instances on one host would fight over it,
+# and a container's home may be read-only. Nothing here uses it. (Older gunicorns
+# ignore this unknown name.)
+control_socket_disable = True
