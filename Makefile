@@ -24,10 +24,11 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/python -m bench
 
-## Validate docker-compose.yml (dummy secrets unless set).
+## Validate docker-compose.yml (with placeholder secrets unless they are set).
 compose-check:
 	SECRET_KEY="$${SECRET_KEY:-compose-check-secret-key}" \
 	TOKEN_ENCRYPTION_KEYS="$${TOKEN_ENCRYPTION_KEYS:-compose-check-key}" \
+	FLOWER_BASIC_AUTH="$${FLOWER_BASIC_AUTH:-compose:check}" \
 	docker-compose config -q
 
 ## Remove generated files, including the dev database and its keys under var/ (the venv stays).
