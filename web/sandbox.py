@@ -235,7 +235,8 @@ def token() -> Response:
             time.sleep(context.timeout_seconds)
         headers = {"Retry-After": str(context.retry_after)} if status == 429 else {}
         raise OAuthError(error, f"scripted failure {context.failure}", status, headers)
-    access, refresh = new_secret(32), new_secret(32)
+    access = new_secret(32)
+    refresh: str | None = new_secret(32)
     tokens: dict[str, Any] = {"client_id": context.client_id, "access_token": access,
                               "exp": int(time.time()) + context.access_ttl, "ttl": context.access_ttl}
     if grant_type == "authorization_code":
@@ -246,11 +247,15 @@ def token() -> Response:
                                        challenge=s256_challenge(verifier), refresh_token=refresh, **tokens)
     else:
         (old,) = _required(form, "refresh_token")
+        if not context.rotate_refresh_tokens:
+            refresh = None
         ok, text = store.rotate_refresh(runtime().redis, old, new_refresh_token=refresh, **tokens)
     if not ok:
         raise OAuthError("invalid_grant", text)
-    response = jsonify({"access_token": access, "token_type": "Bearer", "expires_in": context.access_ttl,
-                        "refresh_token": refresh, "scope": text})
+    body = {"access_token": access, "token_type": "Bearer", "expires_in": context.access_ttl, "scope": text}
+    if refresh:
+        body["refresh_token"] = refresh
+    response = jsonify(body)
     response.headers.update({"Cache-Control": "no-store", "Pragma": "no-cache"})
     return response
 

@@ -34,7 +34,7 @@ local function revoke(gid)
 end
 local function issue(gid, at, rt, exp, ttl, refresh_ttl)
   redis.call('EXPIRE', 'sandbox:grant:' .. gid, refresh_ttl)
-  redis.call('SET', 'sandbox:rt:' .. rt, gid, 'EX', refresh_ttl)
+  if rt ~= '' then redis.call('SET', 'sandbox:rt:' .. rt, gid, 'EX', refresh_ttl) end
   redis.call('SET', 'sandbox:at:' .. at, gid .. ' ' .. exp, 'EX', ttl)
 end
 """
@@ -43,14 +43,15 @@ end
 _AUTHENTICATE = """
 local c = redis.call('HMGET', KEYS[1], 'secret', 'access_token_ttl')
 if c[1] ~= ARGV[1] then return false end
-local k = redis.call('HMGET', KEYS[2], 'latency_ms', 'access_token_ttl', 'retry_after', 'timeout_seconds')
+local k = redis.call('HMGET', KEYS[2], 'latency_ms', 'access_token_ttl', 'retry_after', 'timeout_seconds',
+                     'rotate_refresh_tokens')
 local fail = false
 if ARGV[2] ~= '' then
   redis.call('HINCRBY', KEYS[4], 'token_requests:' .. ARGV[2], 1)
   fail = redis.call('LPOP', KEYS[3])
   if fail then redis.call('HINCRBY', KEYS[4], 'failures_injected', 1) end
 end
-return {c[2], k[1], k[2], k[3], k[4], fail}
+return {c[2], k[1], k[2], k[3], k[4], fail, k[5]}
 """
 
 # KEYS: code, used. ARGV: client_id, redirect_uri, challenge, gid, at, rt, exp, ttl, refresh_ttl, used_ttl.
@@ -71,7 +72,7 @@ issue(ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
 return {1, c[4]}
 """
 
-# KEYS: refresh token. ARGV: client_id, at, rt, exp, ttl, refresh_ttl.
+# KEYS: refresh token. ARGV: client_id, at, rt ('' = keep the presented one), exp, ttl, refresh_ttl.
 _REFRESH = _REVOKE + """
 local v = redis.call('GET', KEYS[1])
 if not v then return {0, 'refresh token is unknown or expired'} end
@@ -82,7 +83,7 @@ end
 local g = redis.call('HMGET', 'sandbox:grant:' .. v, 'client_id', 'scope')
 if not g[1] then return {0, 'grant is revoked'} end
 if g[1] ~= ARGV[1] then return {0, 'refresh token was issued to another client'} end
-redis.call('SET', KEYS[1], '!' .. v, 'KEEPTTL')
+if ARGV[3] ~= '' then redis.call('SET', KEYS[1], '!' .. v, 'KEEPTTL') end
 issue(v, ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 redis.call('HINCRBY', 'sandbox:stats:' .. ARGV[1], 'refresh_success', 1)
 return {1, g[2]}
@@ -115,6 +116,7 @@ class TokenContext:
     retry_after: int
     timeout_seconds: float
     failure: str | None
+    rotate_refresh_tokens: bool = True
 
 
 @lru_cache(maxsize=8)
@@ -166,10 +168,11 @@ def authenticate(redis: Redis, client_id: str, secret: str, grant_type: str = ""
     row = _scripts(redis)["authenticate"](keys=keys, args=[digest(secret), grant_type])
     if row is None:
         return None
-    client_ttl, latency, knob_ttl, retry_after, timeout, failure = (_text(v) for v in row)
+    client_ttl, latency, knob_ttl, retry_after, timeout, failure, rotate = (_text(v) for v in row)
     return TokenContext(client_id=client_id, access_ttl=int(client_ttl or knob_ttl or DEFAULT_ACCESS_TTL),
                         latency_ms=int(latency or 0), retry_after=int(retry_after or 1),
-                        timeout_seconds=float(timeout or 30), failure=failure)
+                        timeout_seconds=float(timeout or 30), failure=failure,
+                        rotate_refresh_tokens=rotate != "0")
 
 
 def save_code(redis: Redis, code: str, **fields: str) -> None:
@@ -189,9 +192,12 @@ def exchange_code(redis: Redis, code: str, *, client_id: str, redirect_uri: str,
 
 
 def rotate_refresh(redis: Redis, refresh_token: str, *, client_id: str, access_token: str,
-                   new_refresh_token: str, exp: int, ttl: int) -> tuple[bool, str]:
-    """Spend a refresh token for new tokens: (True, scope) or (False, why); a reuse revokes the grant."""
-    args = [client_id, digest(access_token), digest(new_refresh_token), exp, ttl, REFRESH_TTL_SECONDS]
+                   new_refresh_token: str | None, exp: int, ttl: int) -> tuple[bool, str]:
+    """Spend a refresh token for new tokens: (True, scope) or (False, why); a reuse revokes the grant.
+
+    Without a new refresh token the presented one stays valid (a provider that does not rotate)."""
+    new_digest = digest(new_refresh_token) if new_refresh_token else ""
+    args = [client_id, digest(access_token), new_digest, exp, ttl, REFRESH_TTL_SECONDS]
     ok, text = _scripts(redis)["refresh"](keys=[f"sandbox:rt:{digest(refresh_token)}"], args=args)
     return bool(ok), text.decode()
 
@@ -226,7 +232,8 @@ def validate_knobs(body: object) -> dict[str, Any]:
     """The knobs of a PUT body, checked; ValueError names the first problem."""
     if not isinstance(body, dict):
         raise ValueError("the body must be a JSON object")
-    unknown = set(body) - {"latency_ms", "access_token_ttl", "fail", "retry_after", "timeout_seconds"}
+    unknown = set(body) - {"latency_ms", "access_token_ttl", "fail", "retry_after", "timeout_seconds",
+                           "rotate_refresh_tokens"}
     if unknown:
         raise ValueError(f"unknown knobs: {', '.join(sorted(unknown))}")
     knobs: dict[str, Any] = {}
@@ -241,6 +248,10 @@ def validate_knobs(body: object) -> dict[str, Any]:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 300:
             raise ValueError("timeout_seconds must be a number between 0 and 300")
         knobs["timeout_seconds"] = value
+    if "rotate_refresh_tokens" in body:
+        if not isinstance(body["rotate_refresh_tokens"], bool):
+            raise ValueError("rotate_refresh_tokens must be true or false")
+        knobs["rotate_refresh_tokens"] = int(body["rotate_refresh_tokens"])
     fail = body.get("fail", [])
     if not isinstance(fail, list) or any(item not in FAILURES for item in fail):
         raise ValueError(f"fail must be a list of: {', '.join(FAILURES)}")
@@ -266,7 +277,8 @@ def get_knobs(redis: Redis, client_id: str) -> dict[str, Any]:
     return {"latency_ms": int(knobs.get("latency_ms", 0)),
             "access_token_ttl": int(knobs["access_token_ttl"]) if "access_token_ttl" in knobs else None,
             "fail": [item.decode() for item in fail], "retry_after": int(knobs.get("retry_after", 1)),
-            "timeout_seconds": float(knobs.get("timeout_seconds", 30))}
+            "timeout_seconds": float(knobs.get("timeout_seconds", 30)),
+            "rotate_refresh_tokens": knobs.get("rotate_refresh_tokens", "1") != "0"}
 
 
 def get_stats(redis: Redis, client_id: str) -> dict[str, Any]:

@@ -304,10 +304,21 @@ def test_knobs_roundtrip_ttl_and_latency(web: FlaskClient, creds: dict, tokens: 
     knobs(web, creds, latency_ms=20, access_token_ttl=90, fail=["500"])
     knobs(web, creds, latency_ms=20, access_token_ttl=90)  # PUT replaces, the fail list too
     assert web.get(path).get_json() == {"latency_ms": 20, "access_token_ttl": 90, "fail": [], "retry_after": 1,
-                                        "timeout_seconds": 30.0}
+                                        "timeout_seconds": 30.0, "rotate_refresh_tokens": True}
     started = time.monotonic()
     assert refresh(web, creds, tokens["refresh_token"]).get_json()["expires_in"] == 90
     assert time.monotonic() - started >= 0.02
+
+
+def test_a_provider_that_does_not_rotate_keeps_the_refresh_token(web: FlaskClient, creds: dict,
+                                                                   tokens: dict) -> None:
+    knobs(web, creds, rotate_refresh_tokens=False)
+    first = refresh(web, creds, tokens["refresh_token"]).get_json()
+    assert "refresh_token" not in first and first["access_token"]
+    second = refresh(web, creds, tokens["refresh_token"])
+    assert second.status_code == 200 and second.get_json()["access_token"] != first["access_token"]
+    assert introspect(web, creds, tokens["refresh_token"])["active"]
+    assert stats(web, creds)["grants_revoked"] == 0
 
 
 def test_registered_ttl_wins_over_knob(web: FlaskClient, runtime: Runtime) -> None:
@@ -318,7 +329,8 @@ def test_registered_ttl_wins_over_knob(web: FlaskClient, runtime: Runtime) -> No
 
 
 @pytest.mark.parametrize("body", [{"fail": ["418"]}, {"latency_ms": -1}, {"latency_ms": "5"}, {"bogus": 1},
-                                  {"access_token_ttl": True}, {"timeout_seconds": "x"}, []])
+                                  {"access_token_ttl": True}, {"timeout_seconds": "x"}, [],
+                                  {"rotate_refresh_tokens": "no"}])
 def test_knobs_are_validated(web: FlaskClient, creds: dict, body) -> None:
     response = web.put(f"/sandbox/admin/clients/{creds['client_id']}/knobs", json=body)
     assert response.status_code == 400 and response.get_json()["error"] == "invalid_request"
