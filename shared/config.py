@@ -4,7 +4,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,11 +27,29 @@ class Settings(BaseSettings):
     sandbox_provider: bool = False
     # Upper bound on one call to a provider; the refresh lock lives longer than this.
     http_timeout_seconds: float = Field(default=10, gt=0)
+    # The refresh lock's TTL; by default the HTTP timeout plus 5 s. A smaller value
+    # is a misconfiguration that the fenced write still survives.
+    refresh_lock_seconds: float | None = Field(default=None, gt=0)
+    # Celery: a task's hard time limit, and the Redis visibility timeout that must
+    # stay above it, or a slow task would be handed to a second worker.
+    task_time_limit_seconds: int = Field(default=120, ge=5)
+    broker_visibility_timeout_seconds: int = Field(default=3600, ge=10)
 
     @field_validator("public_base_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _visibility_above_time_limit(self) -> "Settings":
+        if self.broker_visibility_timeout_seconds <= self.task_time_limit_seconds:
+            raise ValueError("BROKER_VISIBILITY_TIMEOUT_SECONDS must be above TASK_TIME_LIMIT_SECONDS")
+        return self
+
+    @property
+    def refresh_lock_ttl(self) -> float:
+        """How long the refresh lock lives."""
+        return self.refresh_lock_seconds or self.http_timeout_seconds + 5
 
     @property
     def redirect_uri(self) -> str:
@@ -51,7 +69,9 @@ class Settings(BaseSettings):
 
 def _first_problem(error: ValidationError) -> str:
     problem = error.errors()[0]
-    name = str(problem["loc"][0]).upper() if problem["loc"] else "settings"
+    if not problem["loc"]:
+        return f"configuration error: {problem['msg'].removeprefix('Value error, ')}"
+    name = str(problem["loc"][0]).upper()
     if problem["type"] == "missing":
         return f"configuration error: {name} is required"
     return f"configuration error: {name}: {problem['msg']}"

@@ -8,17 +8,17 @@ from celery import Celery
 from shared.config import Settings
 
 EXCHANGE_CODE = "connect.exchange_code"
-
-# A task's hard time limit; the broker's visibility timeout must stay well above it,
-# or Redis would hand a still-running task to a second worker.
-TASK_TIME_LIMIT_SECONDS = 120
-VISIBILITY_TIMEOUT_SECONDS = 3600
+REFRESH_CONNECTION = "tokens.refresh_connection"
+SWEEP_DUE = "tokens.sweep_due"
 
 
 def build_celery(settings: Settings, name: str = "oauth") -> Celery:
     """A Celery app configured from the settings (broker and results on Redis)."""
     app = Celery(name, broker=settings.redis_url, backend=settings.redis_url)
-    transport = {"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS}
+    # The broker's visibility timeout stays well above every task's hard time limit
+    # (checked by the settings), or Redis would hand a running task to a second worker.
+    # It is set in all three places Celery and kombu read it.
+    transport = {"visibility_timeout": settings.broker_visibility_timeout_seconds}
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -28,11 +28,12 @@ def build_celery(settings: Settings, name: str = "oauth") -> Celery:
         # (acks_late) and a slow ack not to be mistaken for a lost worker.
         broker_transport_options=transport,
         result_backend_transport_options=transport,
-        visibility_timeout=VISIBILITY_TIMEOUT_SECONDS,
+        visibility_timeout=settings.broker_visibility_timeout_seconds,
         # One message at a time per worker slot, so a busy slot never hoards work.
         worker_prefetch_multiplier=1,
-        task_time_limit=TASK_TIME_LIMIT_SECONDS,
-        task_soft_time_limit=TASK_TIME_LIMIT_SECONDS - 10,
+        # Enforced by the prefork pool; under threads, every provider call is
+        # bounded by HTTP_TIMEOUT_SECONDS instead.
+        task_time_limit=settings.task_time_limit_seconds,
         task_ignore_result=True,
         result_expires=3600,
         broker_connection_retry_on_startup=True,

@@ -20,6 +20,7 @@ from web.auth import authenticate
 from web.errors import ApiError, not_found
 from web.schemas import ConnectSessionIn, IntegrationIn
 from web.serializers import connection_json, event_json, integration_json, iso
+from web.tokens import fresh_token
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -193,24 +194,19 @@ def connection_events(connection_id: str) -> Response:
         return jsonify({"data": [event_json(event) for event in events]})
 
 
-def token_json(connection: Connection) -> dict[str, Any]:
-    """The current access token of a usable connection, or the 409 that says why not."""
-    if connection.status != "active" or not connection.access_token_enc:
-        status = connection.status if connection.status != "active" else "revoked"
-        raise ApiError(409, status, f"the connection is {status}; the end user must connect again"
-                       if status == "needs_reauth" else "the connection is revoked")
-    return {
-        "access_token": runtime().cipher.decrypt(connection.access_token_enc),
-        "token_type": connection.token_type,
-        "expires_at": iso(connection.expires_at),
-        "scopes": connection.scopes,
-    }
+def _token_response(connection_id: str, force: bool) -> Response:
+    with runtime().db.session() as session:
+        connection = _owned(session, Connection, connection_id, "connection")
+    response = jsonify(fresh_token(connection, force))
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @bp.get("/connections/<connection_id>/token")
 def connection_token(connection_id: str) -> Response:
-    with runtime().db.session() as session:
-        connection = _owned(session, Connection, connection_id, "connection")
-        response = jsonify(token_json(connection))
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    return _token_response(connection_id, force=False)
+
+
+@bp.post("/connections/<connection_id>/refresh")
+def refresh_connection(connection_id: str) -> Response:
+    return _token_response(connection_id, force=True)

@@ -7,17 +7,34 @@ from typing import Any
 from celery.signals import worker_process_init
 
 from shared.config import get_settings
-from shared.queue import build_celery
+from shared.queue import SWEEP_DUE, build_celery
 from shared.runtime import Runtime, build_runtime
+
+BEAT_LOCK_SECONDS = 30
 
 settings = get_settings()
 celery = build_celery(settings, name="worker")
 celery.conf.update(
-    imports=("worker.exchange",),
+    imports=("worker.exchange", "worker.refresh"),
     # Tasks spend their time waiting on providers and the database: threads
     # give many concurrent calls per process at little memory.
     worker_pool="threads",
     worker_concurrency=32,
+    beat_schedule={
+        "sweep-due": {
+            "task": SWEEP_DUE,
+            "schedule": float(settings.refresh_sweep_seconds),
+            # A sweep nobody ran in time is dropped: the next one covers it.
+            "options": {"expires": float(settings.refresh_sweep_seconds)},
+        },
+    },
+    # RedBeat keeps the schedule in Redis behind a lock, so of any number of beat
+    # processes exactly one sends; another takes over when the lock expires.
+    beat_scheduler="redbeat.RedBeatScheduler",
+    redbeat_redis_url=settings.redis_url,
+    redbeat_key_prefix="redbeat:",
+    redbeat_lock_timeout=BEAT_LOCK_SECONDS,
+    beat_max_loop_interval=min(settings.refresh_sweep_seconds, 5),
 )
 
 _lock = threading.Lock()

@@ -1,9 +1,10 @@
 """Fixtures that bring up the real system once per test session."""
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -17,16 +18,15 @@ from shared.runtime import build_runtime
 from tests.conftest import make_settings
 from tests.integration.stack import Stack, free_port
 
-TEST_REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "13"))
+TEST_REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "8"))
 
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    """A Redis database of the tests' own: REDIS_URL's server (or the fallback), database TEST_REDIS_DB."""
+    """REDIS_URL's server, or the fallback; test stacks use databases TEST_REDIS_DB and up."""
     local = ensure_redis(os.environ.get("REDIS_URL"))
-    url = urlunsplit(urlsplit(local.url)._replace(path=f"/{TEST_REDIS_DB}"))
     try:
-        yield url
+        yield local.url
     finally:
         local.stop()
 
@@ -57,29 +57,52 @@ def stack_env(settings_overrides: dict[str, str]) -> dict[str, str]:
     return {**keep, **settings_overrides, "PYTHONUNBUFFERED": "1"}
 
 
+StackFactory = Callable[..., Stack]
+
+
 @pytest.fixture(scope="session")
-def stack(redis_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """Web (gunicorn) and two Celery workers over the tests' Redis database and database."""
-    base_url = f"http://127.0.0.1:{free_port()}"
-    settings = make_settings(database_url=database_url, redis_url=redis_url, public_base_url=base_url)
-    env = stack_env({
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "SECRET_KEY": settings.secret_key,
-        "TOKEN_ENCRYPTION_KEYS": settings.token_encryption_keys,
-        "PUBLIC_BASE_URL": base_url,
-        "SANDBOX_PROVIDER": "1",
-        "HTTP_TIMEOUT_SECONDS": "5",
-    })
+def stack_factory(redis_url: str, database_url: str,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackFactory]:
+    """Builds running systems; each gets a Redis database of its own, so its workers
+    never take another system's tasks. Extra settings go in as environment."""
+    databases = itertools.count(TEST_REDIS_DB)
+    built: list[Stack] = []
     migrate.upgrade(database_url)
-    runtime = build_runtime(settings)
-    runtime.redis.flushdb()
-    stack = Stack(env=env, runtime=runtime, logdir=Path(tmp_path_factory.mktemp("logs")), base_url=base_url)
+
+    def build(workers: int = 2, web_threads: int = 128, **settings_env: str) -> Stack:
+        number = next(databases)
+        assert number < 16, "out of Redis databases for test stacks"
+        own_redis = urlunsplit(urlsplit(redis_url)._replace(path=f"/{number}"))
+        base_url = f"http://127.0.0.1:{free_port()}"
+        settings = make_settings(database_url=database_url, redis_url=own_redis, public_base_url=base_url)
+        env = stack_env({
+            "DATABASE_URL": database_url,
+            "REDIS_URL": own_redis,
+            "SECRET_KEY": settings.secret_key,
+            "TOKEN_ENCRYPTION_KEYS": settings.token_encryption_keys,
+            "PUBLIC_BASE_URL": base_url,
+            "SANDBOX_PROVIDER": "1",
+            "HTTP_TIMEOUT_SECONDS": "5",
+            **settings_env,
+        })
+        runtime = build_runtime(settings)
+        runtime.redis.flushdb()
+        stack = Stack(env=env, runtime=runtime, logdir=Path(tmp_path_factory.mktemp("logs")), base_url=base_url)
+        built.append(stack)
+        stack.start_web(threads=web_threads)
+        for n in range(workers):
+            stack.start_worker(f"w{n + 1}")
+        return stack
+
     try:
-        stack.start_web()
-        stack.start_worker("w1")
-        stack.start_worker("w2")
-        yield stack
+        yield build
     finally:
-        stack.stop_all()
-        runtime.db.dispose()
+        for stack in built:
+            stack.stop_all()
+            stack.runtime.db.dispose()
+
+
+@pytest.fixture(scope="session")
+def stack(stack_factory: StackFactory) -> Stack:
+    """Web (gunicorn) and two Celery workers, shared by the tests that need no special settings."""
+    return stack_factory()

@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import requests
 
+from shared.models import Connection
 from shared.runtime import Runtime
 from shared.tenants import create_tenant
 
@@ -127,6 +128,22 @@ class Stack:
     def sandbox_stats(self, client_id: str) -> dict[str, Any]:
         return requests.get(f"{self.base_url}/sandbox/admin/clients/{client_id}/stats", timeout=5).json()
 
+    def provider_refreshes(self, client_id: str) -> int:
+        """Refresh-token grants the sandbox received from this client."""
+        return self.sandbox_stats(client_id)["token_requests"]["refresh_token"]
+
+    def row(self, connection_id: str) -> Connection:
+        """The stored connection, read now."""
+        with self.runtime.db.session() as session:
+            connection = session.get(Connection, connection_id)
+        assert connection is not None
+        return connection
+
+    def introspect(self, client: dict[str, Any], token: str) -> dict[str, Any]:
+        response = requests.post(f"{self.base_url}/sandbox/oauth/introspect", data={"token": token},
+                                 auth=(client["client_id"], client["client_secret"]), timeout=5)
+        return response.json()
+
 
 @dataclass
 class Tenant:
@@ -149,6 +166,18 @@ class Tenant:
         response = self.call("POST", "/integrations", json=body)
         assert response.status_code == 201, response.text
         return client, response.json()
+
+    def connected(self, **extra: Any) -> tuple[dict[str, Any], str]:
+        """A sandbox client and an active connection made through the whole flow."""
+        client, integration = self.sandbox_integration(**extra)
+        attempt = Browser(self.stack).connect(self.connect_url(integration["id"]))
+        assert attempt["status"] == "succeeded", attempt
+        return client, attempt["connection_id"]
+
+    def events(self, connection_id: str) -> list[str]:
+        response = self.call("GET", f"/connections/{connection_id}/events")
+        assert response.ok, response.text
+        return [event["type"] for event in response.json()["data"]]
 
     def connect_url(self, integration_id: str, end_user_id: str = "user-1", **extra: Any) -> str:
         response = self.call("POST", "/connect-sessions",

@@ -1,0 +1,66 @@
+"""Queueing refreshes once, and telling waiters that a connection changed.
+
+A short-lived marker per connection keeps it from being queued twice, whether the
+sweep or an API call asks; the worker clears it when the refresh is over."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+import redis
+from celery import Celery
+
+from shared.queue import REFRESH_CONNECTION
+
+# Longer than a queued refresh normally waits plus its retries; after a crash the
+# marker expires and the next sweep queues the connection again.
+QUEUED_TTL_SECONDS = 300
+UPDATES_CHANNEL = "connection-updates"
+
+
+def queued_key(connection_id: str) -> str:
+    """The marker of a queued or running refresh."""
+    return f"refresh-queued:{connection_id}"
+
+
+def claim(client: redis.Redis, connection_ids: Iterable[str]) -> list[str]:
+    """Mark connections as queued; return those that were not queued already."""
+    ids = list(connection_ids)
+    pipe = client.pipeline(transaction=False)
+    for connection_id in ids:
+        pipe.set(queued_key(connection_id), 1, nx=True, ex=QUEUED_TTL_SECONDS)
+    return [connection_id for connection_id, fresh in zip(ids, pipe.execute()) if fresh]
+
+
+def request_refresh(client: redis.Redis, celery: Celery, connection_id: str,
+                    requested_at: datetime | None = None) -> bool:
+    """Queue one refresh unless one is queued or running (single flight).
+
+    `requested_at` forces a refresh that must land after that moment; without it the
+    worker refreshes only if the connection is due."""
+    if not claim(client, [connection_id]):
+        return False
+    kwargs = {"requested_at": requested_at.isoformat()} if requested_at else {}
+    celery.send_task(REFRESH_CONNECTION, args=[connection_id], kwargs=kwargs, ignore_result=True)
+    return True
+
+
+def is_queued(client: redis.Redis, connection_id: str) -> bool:
+    """Whether a refresh of the connection is queued or running."""
+    return bool(client.exists(queued_key(connection_id)))
+
+
+def keep_queued(client: redis.Redis, connection_id: str) -> None:
+    """Extend the marker while a retry is pending."""
+    client.set(queued_key(connection_id), 1, ex=QUEUED_TTL_SECONDS)
+
+
+def finish(client: redis.Redis, connection_id: str) -> None:
+    """Clear the marker and wake whoever waits on the connection."""
+    client.pipeline(transaction=False).delete(queued_key(connection_id)).publish(
+        UPDATES_CHANNEL, connection_id).execute()
+
+
+def announce(client: redis.Redis, connection_id: str) -> None:
+    """Wake whoever waits on the connection (only its id travels)."""
+    client.publish(UPDATES_CHANNEL, connection_id)

@@ -1,0 +1,88 @@
+"""Tokens on demand: refresh through the workers first when needed (single flight),
+waiting at most TOKEN_WAIT_SECONDS. The web never calls the provider."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flask import current_app
+
+from shared import refreshes
+from shared.models import Connection, utcnow
+from shared.tokens import is_due
+from web import runtime
+from web.errors import ApiError
+from web.serializers import iso
+from web.updates import UpdateListener
+
+# The fallback poll, should a published update be missed.
+POLL_SECONDS = 0.5
+
+
+def listener() -> UpdateListener:
+    """The process's update listener."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    if "updates" not in app.extensions:
+        app.extensions["updates"] = UpdateListener(runtime().redis)
+    return app.extensions["updates"]
+
+
+def _usable(connection: Connection) -> None:
+    if connection.status == "needs_reauth":
+        raise ApiError(409, "needs_reauth", "the connection needs the end user to authorize again")
+    if connection.status != "active" or not connection.access_token_enc:
+        raise ApiError(409, "revoked", "the connection is revoked")
+
+
+def token_json(connection: Connection) -> dict[str, Any]:
+    """The current access token of a usable connection, or the 409 that says why not."""
+    _usable(connection)
+    return {
+        "access_token": runtime().cipher.decrypt(connection.access_token_enc or ""),
+        "token_type": connection.token_type,
+        "expires_at": iso(connection.expires_at),
+        "scopes": connection.scopes,
+    }
+
+
+def _read(connection_id: str) -> Connection:
+    with runtime().db.session() as session:
+        connection = session.get(Connection, connection_id)
+    assert connection is not None
+    return connection
+
+
+def fresh_token(connection: Connection, force: bool) -> dict[str, Any]:
+    """The connection's token, refreshed first when it is due (or always, when forced)."""
+    rt = runtime()
+    _usable(connection)
+    margin = rt.settings.refresh_margin_seconds
+    if not force and not is_due(connection, margin):
+        return token_json(connection)
+    requested_at = utcnow() if force else None
+
+    def done(current: Connection) -> bool:
+        if current.status != "active":
+            return True
+        if requested_at is not None:
+            return current.last_refreshed_at is not None and current.last_refreshed_at >= requested_at
+        return not is_due(current, margin)
+
+    deadline = time.monotonic() + rt.settings.token_wait_seconds
+    with listener().watch(connection.id) as updated:
+        current = connection
+        while True:
+            if done(current):
+                return token_json(current)
+            if not refreshes.is_queued(rt.redis, connection.id):
+                refreshes.request_refresh(rt.redis, rt.celery, connection.id, requested_at)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            updated.wait(min(remaining, POLL_SECONDS))
+            updated.clear()
+            current = _read(connection.id)
+    if not force and current.expires_at and current.expires_at > utcnow():
+        return token_json(current)  # the refresh is late, but the stored token is still valid
+    raise ApiError(503, "refresh_pending", "the refresh did not finish in time; try again shortly",
+                   headers={"Retry-After": "1"})

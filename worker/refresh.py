@@ -1,0 +1,171 @@
+"""`refresh_connection` and the beat-driven `sweep_due`.
+
+A refresh runs under the connection's Redis lock, re-reads the connection, calls the
+token endpoint, and writes the answer with a fenced update, with nothing between
+the provider's answer and the commit."""
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from celery import Celery, Task
+from sqlalchemy import select, tuple_
+from sqlalchemy.orm import Session
+
+from shared import refreshes
+from shared.locks import RefreshLock
+from shared.models import Connection, Integration, utcnow
+from shared.providers import ProviderError, refresh as post_refresh
+from shared.queue import REFRESH_CONNECTION, SWEEP_DUE
+from shared.runtime import Runtime
+from shared.tokens import Failure, classify, due_at, fenced_update, is_due, record_event, token_values
+from worker.app import celery, runtime
+from worker.exchange import oauth_client
+
+log = logging.getLogger(__name__)
+
+MAX_RETRIES = 6
+MAX_COUNTDOWN_SECONDS = 60  # longer waits are left to the next sweep
+SWEEP_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one refresh run did, and when to try again (None: never)."""
+
+    name: str
+    retry_in: float | None = None
+
+
+def backoff(retries: int) -> float:
+    """Exponential backoff with jitter: about 1 s, 2 s, 4 s … capped."""
+    return min(2.0**retries, 30.0) * random.uniform(0.5, 1.0)
+
+
+def _load(session: Session, connection_id: str) -> Connection | None:
+    return session.get(Connection, connection_id)
+
+
+def _wanted(connection: Connection | None, requested_at: datetime | None, margin: int) -> bool:
+    """Whether the connection still needs this refresh (re-read under the lock)."""
+    if connection is None or connection.status != "active":
+        return False
+    if requested_at is not None:
+        return connection.last_refreshed_at is None or connection.last_refreshed_at < requested_at
+    return is_due(connection, margin)
+
+
+def _record_failure(rt: Runtime, connection: Connection, error: ProviderError, retries: int) -> Outcome:
+    failure = classify(error)
+    message = str(error)[:300]
+    with rt.db.session() as session:
+        if failure is Failure.REAUTH:
+            values = {"status": "needs_reauth", "last_error": message, "updated_at": utcnow()}
+            if fenced_update(session, connection.id, connection.version, values):
+                record_event(session, connection, "needs_reauth", message)
+            return Outcome("needs_reauth")
+        values = {"refresh_failures": connection.refresh_failures + 1, "last_error": message, "updated_at": utcnow()}
+        if not fenced_update(session, connection.id, connection.version, values):
+            return Outcome("stale")
+        if connection.refresh_failures == 0:
+            record_event(session, connection, "refresh_failed", message)
+    if failure is Failure.RATE_LIMITED:
+        wait = error.retry_after if error.retry_after is not None else backoff(retries)
+        return Outcome("rate_limited", min(wait, MAX_COUNTDOWN_SECONDS))
+    return Outcome("failed", backoff(retries))
+
+
+def refresh_once(rt: Runtime, connection_id: str, requested_at: datetime | None, retries: int = 0) -> Outcome:
+    """One refresh, to be called under the connection's lock."""
+    settings = rt.settings
+    with rt.db.session() as session:
+        connection = _load(session, connection_id)
+        if not _wanted(connection, requested_at, settings.refresh_margin_seconds):
+            return Outcome("not_needed")
+        assert connection is not None
+        integration = session.get(Integration, connection.integration_id)
+        client = oauth_client(rt, integration)
+    if not connection.refresh_token_enc:
+        error = ProviderError("no refresh token was issued", error="invalid_grant")
+        return _record_failure(rt, connection, error, retries)
+    refresh_token = rt.cipher.decrypt(connection.refresh_token_enc)
+    try:
+        tokens = post_refresh(client, refresh_token=refresh_token, timeout=settings.http_timeout_seconds)
+    except ProviderError as error:
+        log.warning("refresh of %s failed: %s", connection_id, error.error)
+        return _record_failure(rt, connection, error, retries)
+    now = utcnow()
+    with rt.db.session() as session:
+        if not fenced_update(session, connection_id, connection.version,
+                             {**token_values(tokens, rt.cipher, now), "last_refreshed_at": now}):
+            log.warning("refresh of %s lost its lock: a newer write won, this answer is dropped", connection_id)
+            return Outcome("stale")
+        record_event(session, connection, "refreshed")
+        if connection.refresh_failures:
+            record_event(session, connection, "recovered")
+    return Outcome("refreshed")
+
+
+@celery.task(name=REFRESH_CONNECTION, bind=True, acks_late=True, reject_on_worker_lost=True,
+             max_retries=MAX_RETRIES, ignore_result=True)
+def refresh_connection(self: Task, connection_id: str, requested_at: str | None = None) -> str:
+    """Refresh one connection if it still needs it; safe to run twice (lock, re-read, fence)."""
+    rt = runtime()
+    lock = RefreshLock(rt.redis, connection_id, rt.settings.refresh_lock_ttl)
+    if not lock.acquire():
+        # Another worker is refreshing it: look again when its lock is gone, by
+        # which time the connection is usually fresh and nothing is sent.
+        if self.request.retries >= self.max_retries:
+            refreshes.finish(rt.redis, connection_id)
+            return "lock_busy"
+        refreshes.keep_queued(rt.redis, connection_id)
+        raise self.retry(countdown=lock.remaining_seconds() + random.uniform(0.05, 0.25))
+    try:
+        when = datetime.fromisoformat(requested_at) if requested_at else None
+        outcome = refresh_once(rt, connection_id, when, self.request.retries)
+    finally:
+        if lock.owned():
+            lock.release()
+    if outcome.retry_in is not None and self.request.retries < self.max_retries:
+        refreshes.keep_queued(rt.redis, connection_id)
+        refreshes.announce(rt.redis, connection_id)
+        raise self.retry(countdown=outcome.retry_in)
+    refreshes.finish(rt.redis, connection_id)
+    return outcome.name
+
+
+def sweep(rt: Runtime, app: Celery, batch: int = SWEEP_BATCH) -> int:
+    """Queue every due active connection once; return how many were queued.
+
+    Reads through the (status, expires_at) index in keyset batches, so the cost
+    follows the number of due connections, not the size of the table."""
+    now = utcnow()
+    margin = rt.settings.refresh_margin_seconds
+    horizon = now + timedelta(seconds=margin)  # no token expiring later than this is due
+    query = (select(Connection.id, Connection.expires_at, Connection.lifetime_seconds)
+             .where(Connection.status == "active", Connection.expires_at <= horizon)
+             .order_by(Connection.expires_at, Connection.id).limit(batch))
+    queued, after = 0, None
+    with app.producer_or_acquire() as producer:
+        while True:
+            page = query.where(tuple_(Connection.expires_at, Connection.id) > after) if after else query
+            with rt.db.session() as session:
+                rows = session.execute(page).all()
+            due = [row.id for row in rows if due_at(row.expires_at, row.lifetime_seconds, margin) <= now]
+            for connection_id in refreshes.claim(rt.redis, due):
+                app.send_task(REFRESH_CONNECTION, args=[connection_id], producer=producer, ignore_result=True)
+                queued += 1
+            if len(rows) < batch:
+                break
+            after = (rows[-1].expires_at, rows[-1].id)
+    return queued
+
+
+@celery.task(name=SWEEP_DUE, ignore_result=True)
+def sweep_due() -> int:
+    """Beat's periodic sweep."""
+    queued = sweep(runtime(), celery)
+    log.info("sweep queued %d due connections", queued)
+    return queued
