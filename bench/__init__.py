@@ -1,0 +1,1 @@
+"""Benchmarks of the token service, run by `make bench` (`python -m bench [NAME ...]`)."""

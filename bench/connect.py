@@ -1,0 +1,216 @@
+"""Benchmark 1: the connect flow's two browser endpoints beside a hello-world route.
+
+One gunicorn, started exactly as production starts it (`-c gunicorn.conf.py`, only bound to
+loopback), serves `bench.hello:create_app()`: the web app plus `GET /bench/hello`. Connect
+sessions are inserted directly before the timed part. `GET /connect/{token}` answers 302 with
+the state in its Location and the binding cookie; those feed `GET /oauth/callback`, which
+consumes the state, writes an attempt and enqueues `connect.exchange_code` (no worker runs: the
+messages wait in Redis and are purged afterwards).
+"""
+from __future__ import annotations
+
+import itertools
+import runpy
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from urllib.parse import parse_qs, quote, urlsplit
+
+from sqlalchemy import insert
+
+from bench.harness import ROOT, CPUMeter, Environment, Section, ms, per_s, say
+from bench.loadgen import LoadGenerator, Request, Result, build_request
+from shared.crypto import digest, new_secret
+from shared.models import ConnectSession, Integration, new_id, utcnow
+from shared.tenants import create_tenant
+
+TITLE = "Connect flow endpoints vs hello world"
+THROUGHPUT_GOAL = 0.5  # of hello world
+P99_GOAL_SECONDS = 0.025  # at the fixed offered rate
+
+
+def _gunicorn_sizing() -> tuple[int, int]:
+    conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    return int(conf["workers"]), int(conf["threads"])
+
+
+def _insert_sessions(env: Environment, tenant_id: str, integration_id: str, count: int) -> list[str]:
+    """`count` fresh connect links; answers their tokens."""
+    tokens = [new_secret(32) for _ in range(count)]
+    expires = utcnow() + timedelta(minutes=30)
+    now = utcnow()
+    rows = [{"id": new_id("cs"), "tenant_id": tenant_id, "integration_id": integration_id,
+             "end_user_id": f"bench-user-{i}", "token_hash": digest(token), "expires_at": expires,
+             "created_at": now} for i, token in enumerate(tokens)]
+    assert env.runtime is not None
+    with env.runtime.db.session() as session:
+        for start in range(0, len(rows), 5000):
+            session.execute(insert(ConnectSession), rows[start:start + 5000])
+    return tokens
+
+
+def _callbacks(host: str, issuer: str, captured: list[tuple[object, int, dict[str, str]]]) -> list[Request]:
+    """One valid callback request per 302 of /connect/{token}: its state, a code, `iss`, and the
+    binding cookie that response set."""
+    requests_: list[Request] = []
+    iss = quote(issuer, safe="")
+    for _, status, headers in captured:
+        if status != 302:
+            continue
+        state = parse_qs(urlsplit(headers["location"]).query)["state"][0]
+        cookie = next(part.split(";", 1)[0] for part in headers["set-cookie"].split("\n")
+                      if part.startswith("connect_binding="))
+        path = f"/oauth/callback?state={quote(state, safe='')}&code={new_secret(24)}&iss={iss}"
+        requests_.append(Request(build_request(host, path, {"Cookie": cookie})))
+    return requests_
+
+
+@dataclass
+class Endpoint:
+    """What was measured of one endpoint."""
+
+    label: str
+    expected: int
+    levels: list[tuple[int, Result, CPUMeter]] = field(default_factory=list)
+    paced: Result | None = None
+    paced_cpu: CPUMeter | None = None
+
+    @property
+    def best(self) -> tuple[int, Result, CPUMeter]:
+        return max(self.levels, key=lambda level: level[1].rate)
+
+
+def run(section: Section, quick: bool = False, levels: tuple[int, ...] = (4, 16, 64),
+        rate: float = 300.0) -> None:
+    seconds = 2.0 if quick else 8.0
+    paced_seconds = 3.0 if quick else 10.0
+    warmup = 1.0 if quick else 2.0
+    workers, threads = _gunicorn_sizing()
+    with Environment("connect") as env:
+        rt = env.runtime
+        assert rt is not None
+        web, base = env.start_web(app="bench.hello:create_app()")
+        host = base.removeprefix("http://")
+        port = int(host.rsplit(":", 1)[1])
+        issuer = f"{base}/sandbox"
+        with rt.db.session() as session:
+            tenant, _ = create_tenant(session, "bench")
+            integration = Integration(
+                tenant_id=tenant.id, provider="sandbox", client_id="sbx_bench",
+                client_secret_enc=rt.cipher.encrypt(new_secret(32)), scopes=["contact:read", "message:write"],
+                authorize_url=f"{issuer}/oauth/authorize", token_url=f"{issuer}/oauth/token",
+                revoke_url=f"{issuer}/oauth/revoke", issuer=issuer, pkce=True)
+            session.add(integration)
+            session.flush()
+            tenant_id, integration_id = tenant.id, integration.id
+
+        section.setup += [
+            f"web: `gunicorn -c gunicorn.conf.py -b 127.0.0.1:PORT \"bench.hello:create_app()\"` — "
+            f"{workers} processes × {threads} threads (gthread), access log on (to a file)",
+            f"database: {env.kind}; Redis db {env.redis_url.rsplit('/', 1)[1]}; no Celery worker runs "
+            "(the callbacks' `connect.exchange_code` messages queue up and are purged after)",
+            "load: a Python asyncio generator in the bench process, keep-alive connections over loopback",
+            f"saturation: closed loop at {', '.join(map(str, levels))} connections, {seconds:g} s each "
+            f"after a {warmup:g} s warm-up; the best level is reported (all levels in the notes)",
+            f"fixed rate: open loop at {rate:g} req/s for {paced_seconds:g} s, latency counted from each "
+            "request's scheduled start (no coordinated omission)",
+        ]
+
+        hello = Request(build_request(host, "/bench/hello"))
+        gen = LoadGenerator("127.0.0.1", port, capture=("location", "set-cookie"))
+        groups = {"web (gunicorn)": web}
+
+        def sweep(endpoint: Endpoint, make: Callable[[], Iterable[Request]], keep: bool = False) -> list:
+            captured: list = []
+            for level in levels:
+                meter = CPUMeter(groups).start()
+                result = gen.saturate(make(), connections=level, seconds=seconds, keep=keep)
+                endpoint.levels.append((level, result, meter.stop()))
+                captured += result.captured
+                result.captured = []
+            return captured
+
+        def paced(endpoint: Endpoint, requests_: list[Request], keep: bool = False) -> Result:
+            meter = CPUMeter(groups).start()
+            endpoint.paced = gen.paced(requests_, rate, keep=keep)
+            endpoint.paced_cpu = meter.stop()
+            return endpoint.paced
+
+        hello_ep = Endpoint("hello world `GET /bench/hello`", 200)
+        connect_ep = Endpoint("`GET /connect/{token}`", 302)
+        callback_ep = Endpoint("`GET /oauth/callback`", 303)
+
+        say("  hello world at saturation…")
+        gen.saturate(itertools.repeat(hello), connections=max(levels), seconds=warmup)
+        sweep(hello_ep, lambda: itertools.repeat(hello))
+
+        # Enough links for the warm-up, every saturation level (at up to hello's best rate) and
+        # the paced run; a run stops early if it ever runs out.
+        count = int(rate * paced_seconds)
+        needed = int(hello_ep.best[1].rate * (seconds * len(levels) + warmup)) + count + 500
+        say(f"  inserting {needed:,} connect sessions…")
+        tokens = iter(_insert_sessions(env, tenant_id, integration_id, needed))
+
+        def connect_requests() -> Iterator[Request]:
+            for token in tokens:
+                yield Request(build_request(host, f"/connect/{token}"))
+
+        say("  /connect/{token} at saturation…")
+        warm = gen.saturate(connect_requests(), connections=max(levels), seconds=warmup, keep=True)
+        captured = warm.captured + sweep(connect_ep, connect_requests, keep=True)
+        callbacks = iter(_callbacks(host, issuer, captured))
+        say("  /oauth/callback at saturation…")
+        sweep(callback_ep, lambda: callbacks)
+
+        say(f"  fixed offered rate {rate:g}/s…")
+        paced(hello_ep, [hello] * count)
+        connect_paced = paced(connect_ep, list(itertools.islice(connect_requests(), count)), keep=True)
+        paced(callback_ep, _callbacks(host, issuer, connect_paced.captured))
+
+        queued = rt.redis.llen("celery")
+        rt.redis.delete("celery")
+        kind = env.kind
+
+    hello_rate = hello_ep.best[1].rate
+    for endpoint in (hello_ep, connect_ep, callback_ep):
+        is_hello = endpoint is hello_ep
+        level, sat, meter = endpoint.best
+        section.add(f"{endpoint.label}: throughput at saturation", f"{per_s(sat.rate)} ({level} connections)")
+        if not is_hello:
+            ratio = sat.rate / hello_rate if hello_rate else float("nan")
+            section.add(f"{endpoint.label}: ratio to hello world", f"{ratio:.2f}", f"≥ {THROUGHPUT_GOAL}",
+                        ratio >= THROUGHPUT_GOAL)
+        section.add(f"{endpoint.label}: p50 / p99 at saturation",
+                    f"{ms(sat.percentile(50))} / {ms(sat.percentile(99))}")
+        assert endpoint.paced is not None and endpoint.paced_cpu is not None
+        p99 = endpoint.paced.percentile(99)
+        section.add(f"{endpoint.label}: p50 / p99 at {rate:g} req/s offered",
+                    f"{ms(endpoint.paced.percentile(50))} / {ms(p99)}",
+                    "" if is_hello else f"p99 ≤ {P99_GOAL_SECONDS * 1000:.0f} ms",
+                    None if is_hello else p99 <= P99_GOAL_SECONDS)
+        for level, result, cpu in endpoint.levels:
+            section.notes.append(f"{endpoint.label} at {level} connections: {_describe(result, endpoint.expected)}; "
+                                 f"CPU: {cpu.summary()}")
+        section.notes.append(f"{endpoint.label} at {rate:g} req/s: {_describe(endpoint.paced, endpoint.expected)}, "
+                             f"{endpoint.paced.late_starts} late starts; CPU: {endpoint.paced_cpu.summary()}")
+    section.notes.append(f"{queued:,} `connect.exchange_code` messages were left queued by the callbacks "
+                         "and purged.")
+    section.notes.append(
+        "Caveat: the load generator is Python in the bench process, on the same 2 cores as the server "
+        "(and PostgreSQL and Redis): its share is the `bench (this process)` CPU figure. Throughput is "
+        "a lower bound of what the server would do alone; the ratio to hello world (same generator, "
+        "same cost per request) is the fairer figure.")
+    if kind == "sqlite":
+        section.notes.append("The database was SQLite (no PostgreSQL answered): production runs PostgreSQL.")
+
+
+def _describe(result: Result, expected: int) -> str:
+    other = {status: n for status, n in result.statuses.items() if status != expected}
+    text = (f"{result.completed:,} answers in {result.elapsed:.1f} s = {per_s(result.rate)}, "
+            f"p50 {ms(result.percentile(50))}, p99 {ms(result.percentile(99))}, "
+            f"{result.ok(expected):,} × {expected}")
+    if other:
+        text += f", other statuses {other}"
+    if result.errors:
+        text += f", errors {result.errors}"
+    return text + f", {result.connections_opened} connections opened"
