@@ -11,7 +11,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bench.harness import Section, SkipBenchmark, machine_facts, say
+from bench.harness import Section, SkipBenchmark, background_load, machine_facts, say
 
 BENCHMARKS = {
     "connect": "bench.connect",
@@ -28,7 +28,7 @@ def _cell(text: str) -> str:
 
 def render(sections: list[Section], facts: list[tuple[str, str]], argv: list[str], total: float) -> str:
     lines = ["# Benchmark report", "",
-             f"`python -m bench {' '.join(argv)}`".replace("  ", " ").replace(" `", "`") + f" — {total:.0f} s in all.",
+             f"`{' '.join(['python -m bench', *argv])}`: {total:.0f} s in all.",
              "Figures, not assertions: each is measured in this run, beside its goal where it has one.", "",
              "## Machine", "", "| fact | value |", "| --- | --- |"]
     lines += [f"| {name} | {_cell(value)} |" for name, value in facts]
@@ -55,12 +55,15 @@ def render(sections: list[Section], facts: list[tuple[str, str]], argv: list[str
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("names", nargs="*", choices=[[], *BENCHMARKS], metavar="NAME",
+    parser.add_argument("names", nargs="*", metavar="NAME",
                         help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}")
     parser.add_argument("--quick", action="store_true", help="short runs and small sizes, to check the bench itself")
     parser.add_argument("--report", type=Path, default=DEFAULT_REPORT, help=f"where to write the report ({DEFAULT_REPORT})")
     args = parser.parse_args(argv)
     raw_argv = sys.argv[1:] if argv is None else argv
+    unknown = [name for name in args.names if name not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
     names = args.names or list(BENCHMARKS)
     facts = machine_facts()
     sections: list[Section] = []
@@ -71,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         sections.append(section)
         say(f"== {name}: {module.TITLE}")
         began = time.monotonic()
+        idle = background_load()
+        if idle > 0.2:
+            say(f"  note: {idle:.2f} cores were already busy before this benchmark (other programs)")
+        section.notes.append(f"Before this benchmark started, {idle:.2f} of the machine's cores were busy with "
+                             "other programs (the bench idle); figures are only as quiet as the machine.")
         try:
             module.run(section, quick=args.quick)
         except SkipBenchmark as skip:

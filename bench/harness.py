@@ -226,10 +226,24 @@ class CPUMeter:
         self.busy_cores = (os.cpu_count() or 1) * (1 - idle / total) if total else 0.0
         return self
 
+    @property
+    def others(self) -> float:
+        """Busy cores not accounted for by the processes measured: the kernel, and anything else
+        running on the machine meanwhile (another developer's tests, say)."""
+        return max(0.0, self.busy_cores - sum(self.used.values()))
+
     def summary(self) -> str:
         parts = [f"machine {self.busy_cores:.2f} cores busy"]
         parts += [f"{name} {cores:.2f}" for name, cores in self.used.items() if cores >= 0.005]
+        parts.append(f"unaccounted (kernel, other programs) {self.others:.2f}")
         return ", ".join(parts)
+
+
+def background_load(seconds: float = 1.0) -> float:
+    """Busy cores while the bench itself is idle: other programs competing for the machine."""
+    meter = CPUMeter().start()
+    time.sleep(seconds)
+    return meter.stop().busy_cores
 
 
 def machine_facts(database_url: str | None = None) -> list[tuple[str, str]]:
