@@ -48,3 +48,11 @@ access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms "%(a)s"'
 # and a container's home may be read-only. Nothing here uses it. (Older gunicorns
 # ignore this unknown name.)
 control_socket_disable = True
+
+
+def on_starting(server: object) -> None:
+    """Check the settings once in the master: a missing one stops gunicorn with one
+    line, instead of workers failing to boot over and over."""
+    from shared.config import load_settings
+
+    load_settings()

@@ -1,6 +1,8 @@
 """Settings and stores shared by the unit and integration suites."""
 from __future__ import annotations
 
+import os
+
 import fakeredis
 import pytest
 
@@ -9,6 +11,11 @@ from shared.crypto import Cipher, new_fernet_key
 from shared.db import Database
 from shared.models import Base
 from shared.runtime import Runtime
+
+# The worker modules read their settings on import; give unit tests harmless ones.
+# Integration tests pass explicit settings to every process they start.
+os.environ.setdefault("SECRET_KEY", "unit-test-secret-key-0123456789")
+os.environ.setdefault("TOKEN_ENCRYPTION_KEYS", new_fernet_key())
 
 
 def make_settings(**overrides: object) -> Settings:
