@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 import traceback
 from pathlib import Path
 
-from bench.harness import Section, SkipBenchmark, background_load, machine_facts, say
+from bench.harness import Section, SkipBenchmark, machine_facts, say, wait_for_quiet
 
 BENCHMARKS = {
     "connect": "bench.connect",
@@ -73,12 +74,15 @@ def main(argv: list[str] | None = None) -> int:
         section = Section(name, module.TITLE)
         sections.append(section)
         say(f"== {name}: {module.TITLE}")
+        idle, waited = wait_for_quiet(patience=5.0 if args.quick else 60.0)
+        if idle >= 0.3:
+            say(f"  note: other programs keep {idle:.2f} cores busy (waited {waited:.0f} s for quiet); "
+                "figures will be low")
+        section.notes.append(
+            f"Other programs kept {idle:.2f} of the {os.cpu_count()} cores busy just before this benchmark "
+            f"(the bench idle{f', after waiting {waited:.0f} s for quiet' if waited >= 1 else ''}); the "
+            "figures are only as good as the machine was quiet (see 'unaccounted' in the CPU notes).")
         began = time.monotonic()
-        idle = background_load()
-        if idle > 0.2:
-            say(f"  note: {idle:.2f} cores were already busy before this benchmark (other programs)")
-        section.notes.append(f"Before this benchmark started, {idle:.2f} of the machine's cores were busy with "
-                             "other programs (the bench idle); figures are only as quiet as the machine.")
         try:
             module.run(section, quick=args.quick)
         except SkipBenchmark as skip:

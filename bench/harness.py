@@ -8,6 +8,7 @@ import math
 import os
 import platform
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -246,6 +247,16 @@ def background_load(seconds: float = 1.0) -> float:
     return meter.stop().busy_cores
 
 
+def wait_for_quiet(limit: float = 0.3, patience: float = 60.0) -> tuple[float, float]:
+    """Wait (at most `patience` seconds) until other programs keep less than `limit` cores busy;
+    answers the last reading and the seconds waited."""
+    began = time.monotonic()
+    load = background_load()
+    while load >= limit and time.monotonic() - began < patience:
+        load = background_load(2.0)
+    return load, time.monotonic() - began
+
+
 def machine_facts(database_url: str | None = None) -> list[tuple[str, str]]:
     """What a reader needs to weigh the figures."""
     model = ""
@@ -338,8 +349,12 @@ class Environment:
             raise
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *_: object) -> None:
         self.close()
+        if exc_type is None and not os.environ.get("BENCH_KEEP_LOGS"):
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        else:
+            say(f"  logs of the processes kept in {self.tmp}")
 
     def _open(self) -> None:
         self.local_redis = ensure_redis(os.environ.get("REDIS_URL"))

@@ -9,7 +9,10 @@ thread pool of `requests` posting as many refresh-token grants straight to the s
 """
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +22,7 @@ import requests
 from sqlalchemy import func, select
 
 from bench.fixtures import Grant, Sandbox, insert_connections, mint_grants, tenant_and_integration
-from bench.harness import CPUMeter, Environment, Section, per_s, say
+from bench.harness import ROOT, CPUMeter, Environment, Section, per_s, say
 from shared.models import Connection, utcnow
 from shared.queue import REFRESH_CONNECTION
 
@@ -79,6 +82,65 @@ def _bare_pool(sandbox: Sandbox, client: dict, grants: list[Grant], concurrency:
         list(pool.map(post, grants))
         elapsed = time.perf_counter() - started
     return len(grants) / elapsed, statuses
+
+
+PROFILE_CATEGORIES = (
+    ("database (SQLAlchemy, psycopg)", ("/sqlalchemy/", "/psycopg/")),
+    ("HTTP client (requests, urllib3, http.client)", ("/requests/", "/urllib3/", "/http/", "/email/", "socket.py",
+                                                      "/idna/", "/charset_normalizer/", "/certifi/")),
+    ("encryption (cryptography, base64)", ("/cryptography/", "base64", "hmac", "secrets")),
+    ("Redis client", ("/redis/",)),
+    ("the service's own code", ("/shared/", "/worker/", "/web/")),
+)
+
+
+def _diagnose_child(ids: list[str]) -> dict:
+    """In a child process with the workers' settings: `refresh_once` run sequentially, its CPU
+    per call, and where that CPU goes (a CPU-clock profile, by library)."""
+    import cProfile
+    import pstats
+
+    from worker.app import runtime
+    from worker.refresh import refresh_once
+
+    rt = runtime()
+    warm, timed, profiled = ids[:20], ids[20:len(ids) // 2 + 10], ids[len(ids) // 2 + 10:]
+    for connection_id in warm:
+        refresh_once(rt, connection_id, None)
+    cpu, wall = time.process_time(), time.perf_counter()
+    outcomes: dict[str, int] = {}
+    for connection_id in timed:
+        name = refresh_once(rt, connection_id, None).name
+        outcomes[name] = outcomes.get(name, 0) + 1
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    profile = cProfile.Profile(time.process_time)
+    profile.enable()
+    for connection_id in profiled:
+        refresh_once(rt, connection_id, None)
+    profile.disable()
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+    shares: dict[str, float] = {}
+    for (filename, _, _), (_, _, tottime, _, _) in stats.items():
+        if filename == "~":
+            category = "C functions (socket calls, Fernet's Rust core, json…)"
+        else:
+            category = next((name for name, marks in PROFILE_CATEGORIES if any(m in filename for m in marks)),
+                            "other Python (stdlib, logging…)")
+        shares[category] = shares.get(category, 0.0) + tottime
+    total = sum(shares.values()) or 1.0
+    return {"cpu_ms": cpu / len(timed) * 1000, "wall_ms": wall / len(timed) * 1000, "outcomes": outcomes,
+            "shares": {name: value / total for name, value in sorted(shares.items(), key=lambda kv: -kv[1])}}
+
+
+def _diagnose(env: Environment, ids: list[str]) -> dict:
+    path = env.tmp / "diagnose-ids.json"
+    path.write_text(json.dumps(ids))
+    out = subprocess.run([sys.executable, "-m", "bench.refresh", "--diagnose", str(path)], cwd=ROOT,
+                         env=env.env(REFRESH_MARGIN_SECONDS="600", HTTP_TIMEOUT_SECONDS="10"),
+                         capture_output=True, text=True, timeout=300)
+    if out.returncode != 0:
+        raise RuntimeError(f"the diagnosis child failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def run(section: Section, quick: bool = False, count: int = 10_000, processes: int = 2, threads: int = 32,
@@ -160,6 +222,14 @@ def run(section: Section, quick: bool = False, count: int = 10_000, processes: i
         bare_meter = CPUMeter({"sandbox": sandbox_proc}).start()
         bare_rate, bare_statuses = _bare_pool(sandbox, client, grants[count:], concurrency)
         bare_meter.stop()
+
+        say("  where a refresh's CPU goes (refresh_once in-process, provider latency 0)…")
+        quick_client = sandbox.client()
+        _, quick_integration, _ = tenant_and_integration(rt, sandbox, quick_client)
+        diagnosis_ids = insert_connections(rt, tenant_id, quick_integration,
+                                           mint_grants(rt, quick_client, 300 if not quick else 100),
+                                           expires_at=utcnow() - timedelta(minutes=1))
+        diagnosis = _diagnose(env, diagnosis_ids)
         kind = env.kind
 
     remaining = versions.get(1, 0)
@@ -189,6 +259,13 @@ def run(section: Section, quick: bool = False, count: int = 10_000, processes: i
         f"connections with refresh failures: {failing:,}; worker logs with a traceback: {errors}",
         f"CPU during the worker run: {meter.summary()}",
         f"CPU during the bare pool: {bare_meter.summary()}; statuses {bare_statuses}",
+        f"CPU per refresh in the worker run: {sum(meter.used.get(f'worker {i + 1}', 0.0) for i in range(processes)) / max(rate, 1e-9) * 1000:.1f} ms "
+        f"in the worker processes (Celery included); `refresh_once` alone, sequential in one process against "
+        f"the sandbox at latency 0: {diagnosis['cpu_ms']:.1f} ms CPU, {diagnosis['wall_ms']:.1f} ms wall per call "
+        f"({diagnosis['outcomes']}); its CPU by library: "
+        + ", ".join(f"{name} {share:.0%}" for name, share in diagnosis["shares"].items()),
+        f"the bare pool spends {bare_meter.used.get('bench (this process)', 0.0) / max(bare_rate, 1e-9) * 1000:.1f} ms "
+        "of client CPU per refresh, for comparison",
         "double refreshes = successful sandbox refreshes beyond one per connection + connections whose "
         "version moved by 2 or more + grants the sandbox revoked for reuse",
         "Caveat: workers, the sandbox, PostgreSQL, Redis and the bench share 2 cores; the CPU figures "
@@ -196,3 +273,12 @@ def run(section: Section, quick: bool = False, count: int = 10_000, processes: i
     ]
     if kind == "sqlite":
         section.notes.append("The database was SQLite (no PostgreSQL answered): production runs PostgreSQL.")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--diagnose":
+        from pathlib import Path
+
+        print(json.dumps(_diagnose_child(json.loads(Path(sys.argv[2]).read_text()))), flush=True)
+    else:
+        raise SystemExit("usage: python -m bench refresh")

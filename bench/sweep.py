@@ -147,13 +147,21 @@ def _child_run(repeats: int) -> dict:
     spent["total"] = time.perf_counter() - began
     refreshes.claim, app.send_task = original_claim, original_send  # type: ignore[method-assign]
 
+    # What if the sweep's messages went without Celery's task-sent events (one extra publish each)?
+    reset()
+    app.conf.task_send_sent_event = False
+    began = time.perf_counter()
+    sweep(rt, app)
+    without_sent_events = time.perf_counter() - began
+    app.conf.task_send_sent_event = True
+
     reset()
     tracemalloc.start()
     sweep(rt, app)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     reset()
-    return {"runs": runs, "breakdown": spent, "tracemalloc_peak_mib": peak / 2**20,
+    return {"runs": runs, "breakdown": spent, "without_sent_events": without_sent_events, "tracemalloc_peak_mib": peak / 2**20,
             "rss_before_mib": rss_before, "rss_growth_first_run_mib": rss_after_first - rss_before,
             "batch": SWEEP_BATCH}
 
@@ -221,7 +229,8 @@ def run(section: Section, quick: bool = False, repeats: int = 3) -> None:
         f"`tokens.refresh_connection` to the throwaway queue `{THROWAWAY_QUEUE}` (deleted after each run, "
         "with the sweep's `refresh-queued:*` markers, so every run queues every due connection)",
         f"each size: {repeats} timed runs (median reported, all in the notes), then one run with the "
-        "Redis-side steps timed, then one under tracemalloc for the peak of Python allocations",
+        "Redis-side steps timed, one with Celery's task-sent events off (what-if), and one under "
+        "tracemalloc for the peak of Python allocations",
     ]
     medians: list[float] = []
     for size, due, data in results:
@@ -242,6 +251,8 @@ def run(section: Section, quick: bool = False, repeats: int = 3) -> None:
             f"{', '.join(str(r['in_queue']) for r in data['runs'])}); instrumented run {b['total']:.2f} s = "
             f"send_task {b['send_task']:.2f} s ({b['send_task'] / max(due, 1) * 1000:.2f} ms per message) + "
             f"claim markers {b['claim']:.2f} s + database reads and the rest {other:.2f} s; "
+            f"the same sweep with Celery's task-sent events off (`task_send_sent_event=False`, a what-if): "
+            f"{data['without_sent_events']:.2f} s; "
             f"child RSS before sweeping {data['rss_before_mib']:.0f} MiB; batch {data['batch']}")
     if len(results) == 3:
         (small, small_due, _), (large, large_due, _), (_, few_due, _) = results
