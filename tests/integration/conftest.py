@@ -32,22 +32,30 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """DATABASE_URL's PostgreSQL server with a fresh database of the tests' own, else a SQLite file."""
+def new_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], str]]:
+    """Makes empty databases of the tests' own: on DATABASE_URL's PostgreSQL server when
+    it names one (dropped at the end), else SQLite files."""
     given = os.environ.get("DATABASE_URL", "")
-    if not given.startswith("postgresql"):
-        yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
-        return
-    name = f"oauth_test_{secrets.token_hex(4)}"
-    admin = sa.create_engine(given, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(given).set(database=name).render_as_string(hide_password=False)
-    finally:
+    made: list[str] = []
+    admin = sa.create_engine(given, isolation_level="AUTOCOMMIT") if given.startswith("postgresql") else None
+
+    def new() -> str:
+        if admin is None:
+            return f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
+        name = f"oauth_test_{secrets.token_hex(4)}"
         with admin.connect() as connection:
-            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        made.append(name)
+        return make_url(given).set(database=name).render_as_string(hide_password=False)
+
+    try:
+        yield new
+    finally:
+        if admin is not None:
+            with admin.connect() as connection:
+                for name in made:
+                    connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            admin.dispose()
 
 
 def stack_env(settings_overrides: dict[str, str]) -> dict[str, str]:
@@ -61,18 +69,20 @@ StackFactory = Callable[..., Stack]
 
 
 @pytest.fixture(scope="session")
-def stack_factory(redis_url: str, database_url: str,
+def stack_factory(redis_url: str, new_database: Callable[[], str],
                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackFactory]:
-    """Builds running systems; each gets a Redis database of its own, so its workers
-    never take another system's tasks. Extra settings go in as environment."""
+    """Builds running systems; each gets a database and a Redis database of its own, so
+    its workers and its sweep never touch another system's work. Extra settings go in
+    as environment."""
     databases = itertools.count(TEST_REDIS_DB)
     built: list[Stack] = []
-    migrate.upgrade(database_url)
 
     def build(workers: int = 2, web_threads: int = 128, **settings_env: str) -> Stack:
         number = next(databases)
         assert number < 16, "out of Redis databases for test stacks"
         own_redis = urlunsplit(urlsplit(redis_url)._replace(path=f"/{number}"))
+        database_url = new_database()
+        migrate.upgrade(database_url)
         base_url = f"http://127.0.0.1:{free_port()}"
         settings = make_settings(database_url=database_url, redis_url=own_redis, public_base_url=base_url)
         env = stack_env({
