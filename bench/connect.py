@@ -9,16 +9,20 @@ messages wait in Redis and are purged afterwards).
 """
 from __future__ import annotations
 
+import cProfile
 import itertools
+import time
 import runpy
-from collections.abc import Callable, Iterable, Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from urllib.parse import parse_qs, quote, urlsplit
 
 from sqlalchemy import insert
 
-from bench.harness import ROOT, CPUMeter, Environment, Section, ms, per_s, say
+from bench.harness import (ROOT, CPUMeter, Environment, Section, format_shares, ms, per_s, profile_shares, say,
+                           wait_for_quiet)
 from bench.loadgen import LoadGenerator, Request, Result, build_request
 from shared.crypto import digest, new_secret
 from shared.models import ConnectSession, Integration, new_id, utcnow
@@ -111,7 +115,9 @@ def run(section: Section, quick: bool = False, levels: tuple[int, ...] = (4, 16,
             "(the callbacks' `connect.exchange_code` messages queue up and are purged after)",
             "load: a Python asyncio generator in the bench process, keep-alive connections over loopback",
             f"saturation: closed loop at {', '.join(map(str, levels))} connections, {seconds:g} s each "
-            f"after a {warmup:g} s warm-up; the best level is reported (all levels in the notes)",
+            f"after a {warmup:g} s warm-up, the three endpoints taking turns at each level (each run "
+            "after waiting up to 10 s for other programs to quiet down); the best level is reported "
+            "(all levels in the notes)",
             f"fixed rate: open loop at {rate:g} req/s for {paced_seconds:g} s, latency counted from each "
             "request's scheduled start (no coordinated omission)",
         ]
@@ -120,14 +126,16 @@ def run(section: Section, quick: bool = False, levels: tuple[int, ...] = (4, 16,
         gen = LoadGenerator("127.0.0.1", port, capture=("location", "set-cookie"))
         groups = {"web (gunicorn)": web}
 
-        def sweep(endpoint: Endpoint, make: Callable[[], Iterable[Request]], keep: bool = False) -> list:
-            captured: list = []
-            for level in levels:
-                meter = CPUMeter(groups).start()
-                result = gen.saturate(make(), connections=level, seconds=seconds, keep=keep)
-                endpoint.levels.append((level, result, meter.stop()))
-                captured += result.captured
-                result.captured = []
+        def quiet() -> None:
+            if not quick:
+                wait_for_quiet(patience=10.0)
+
+        def measure(endpoint: Endpoint, level: int, requests_: Iterable[Request], keep: bool = False) -> list:
+            quiet()
+            meter = CPUMeter(groups).start()
+            result = gen.saturate(requests_, connections=level, seconds=seconds, keep=keep)
+            endpoint.levels.append((level, result, meter.stop()))
+            captured, result.captured = result.captured, []
             return captured
 
         def paced(endpoint: Endpoint, requests_: list[Request], keep: bool = False) -> Result:
@@ -140,14 +148,12 @@ def run(section: Section, quick: bool = False, levels: tuple[int, ...] = (4, 16,
         connect_ep = Endpoint("`GET /connect/{token}`", 302)
         callback_ep = Endpoint("`GET /oauth/callback`", 303)
 
-        say("  hello world at saturation…")
-        gen.saturate(itertools.repeat(hello), connections=max(levels), seconds=warmup)
-        sweep(hello_ep, lambda: itertools.repeat(hello))
-
-        # Enough links for the warm-up, every saturation level (at up to hello's best rate) and
+        say("  warming up…")
+        warm_hello = gen.saturate(itertools.repeat(hello), connections=max(levels), seconds=warmup)
+        # Enough links for the warm-up, every saturation level (even at hello world's rate) and
         # the paced run; a run stops early if it ever runs out.
         count = int(rate * paced_seconds)
-        needed = int(hello_ep.best[1].rate * (seconds * len(levels) + warmup)) + count + 500
+        needed = min(int(warm_hello.rate * (seconds * len(levels) + warmup)), 150_000) + count + 500
         say(f"  inserting {needed:,} connect sessions…")
         tokens = iter(_insert_sessions(env, tenant_id, integration_id, needed))
 
@@ -155,18 +161,32 @@ def run(section: Section, quick: bool = False, levels: tuple[int, ...] = (4, 16,
             for token in tokens:
                 yield Request(build_request(host, f"/connect/{token}"))
 
-        say("  /connect/{token} at saturation…")
         warm = gen.saturate(connect_requests(), connections=max(levels), seconds=warmup, keep=True)
-        captured = warm.captured + sweep(connect_ep, connect_requests, keep=True)
-        callbacks = iter(_callbacks(host, issuer, captured))
-        say("  /oauth/callback at saturation…")
-        sweep(callback_ep, lambda: callbacks)
+        # States (with their cookies) from /connect, oldest first, for the callbacks.
+        states: deque[Request] = deque(_callbacks(host, issuer, warm.captured))
+
+        def callback_requests() -> Iterator[Request]:
+            while states:
+                yield states.popleft()
+
+        # The three endpoints take turns at each level, so that each comparison is made
+        # under the same conditions of the machine.
+        for level in levels:
+            say(f"  saturation at {level} connections: hello world, /connect/{{token}}, /oauth/callback…")
+            measure(hello_ep, level, itertools.repeat(hello))
+            states.extend(_callbacks(host, issuer, measure(connect_ep, level, connect_requests(), keep=True)))
+            measure(callback_ep, level, callback_requests())
 
         say(f"  fixed offered rate {rate:g}/s…")
+        quiet()
         paced(hello_ep, [hello] * count)
+        quiet()
         connect_paced = paced(connect_ep, list(itertools.islice(connect_requests(), count)), keep=True)
+        quiet()
         paced(callback_ep, _callbacks(host, issuer, connect_paced.captured))
 
+        say("  where the CPU goes (in-process, Flask's test client)…")
+        diagnosis = _diagnose(env, tenant_id, integration_id, issuer, 100 if quick else 300)
         queued = rt.redis.llen("celery")
         rt.redis.delete("celery")
         kind = env.kind
@@ -189,10 +209,17 @@ def run(section: Section, quick: bool = False, levels: tuple[int, ...] = (4, 16,
                     "" if is_hello else f"p99 ≤ {P99_GOAL_SECONDS * 1000:.0f} ms",
                     None if is_hello else p99 <= P99_GOAL_SECONDS)
         for level, result, cpu in endpoint.levels:
+            web_ms = cpu.used.get("web (gunicorn)", 0.0) / max(result.rate, 1e-9) * 1000
             section.notes.append(f"{endpoint.label} at {level} connections: {_describe(result, endpoint.expected)}; "
-                                 f"CPU: {cpu.summary()}")
+                                 f"web CPU per request {web_ms:.2f} ms; CPU: {cpu.summary()}")
         section.notes.append(f"{endpoint.label} at {rate:g} req/s: {_describe(endpoint.paced, endpoint.expected)}, "
                              f"{endpoint.paced.late_starts} late starts; CPU: {endpoint.paced_cpu.summary()}")
+    section.notes.append(
+        "In-process, through Flask's test client (no gunicorn, no sockets, one thread): CPU per request "
+        f"`/connect/{{token}}` {diagnosis['connect']['cpu_ms']:.2f} ms, `/oauth/callback` "
+        f"{diagnosis['callback']['cpu_ms']:.2f} ms, `/healthz` {diagnosis['healthz']['cpu_ms']:.2f} ms. "
+        f"By library (CPU-clock profile): `/connect/{{token}}`: {format_shares(diagnosis['connect']['shares'])}; "
+        f"`/oauth/callback`: {format_shares(diagnosis['callback']['shares'])}.")
     section.notes.append(f"{queued:,} `connect.exchange_code` messages were left queued by the callbacks "
                          "and purged.")
     section.notes.append(
@@ -202,6 +229,52 @@ def run(section: Section, quick: bool = False, levels: tuple[int, ...] = (4, 16,
         "same cost per request) is the fairer figure.")
     if kind == "sqlite":
         section.notes.append("The database was SQLite (no PostgreSQL answered): production runs PostgreSQL.")
+
+
+def _diagnose(env: Environment, tenant_id: str, integration_id: str, issuer: str, count: int) -> dict[str, dict]:
+    """Each endpoint in this process through Flask's test client (no gunicorn, no network):
+    CPU per request, and where a CPU-clock profile says it goes."""
+    from web import create_app
+
+    assert env.runtime is not None
+    app = create_app(runtime_=env.runtime)
+    client = app.test_client()
+    tokens = _insert_sessions(env, tenant_id, integration_id, 2 * count + 40)
+    iss = quote(issuer, safe="")
+
+    def connect(token: str) -> str:
+        response = client.get(f"/connect/{token}")
+        assert response.status_code == 302, response.status_code
+        return parse_qs(urlsplit(response.headers["Location"]).query)["state"][0]
+
+    def callback(state: str) -> None:
+        response = client.get(f"/oauth/callback?state={quote(state, safe='')}&code={new_secret(24)}&iss={iss}")
+        assert response.status_code == 303, response.status_code
+
+    def hello() -> None:
+        assert client.get("/healthz").status_code == 200
+
+    for token in tokens[:20]:
+        callback(connect(token))
+    timed, profiled = tokens[20:20 + count], tokens[20 + count:]
+    results: dict[str, dict] = {}
+    for name, steps in (("connect", connect), ("callback", callback), ("healthz", hello)):
+        if name == "connect":
+            inputs, more = timed, profiled
+        elif name == "callback":
+            inputs, more = results["connect"]["outputs"], results["connect"]["more_outputs"]
+        else:
+            inputs, more = [None] * count, [None] * count
+        cpu = time.process_time()
+        outputs = [steps(item) if item is not None else steps() for item in inputs]  # type: ignore[call-arg]
+        cpu_ms = (time.process_time() - cpu) / len(inputs) * 1000
+        profile = cProfile.Profile(time.process_time)
+        profile.enable()
+        more_outputs = [steps(item) if item is not None else steps() for item in more]  # type: ignore[call-arg]
+        profile.disable()
+        results[name] = {"cpu_ms": cpu_ms, "shares": profile_shares(profile), "outputs": outputs,
+                         "more_outputs": more_outputs}
+    return results
 
 
 def _describe(result: Result, expected: int) -> str:

@@ -257,6 +257,38 @@ def wait_for_quiet(limit: float = 0.3, patience: float = 60.0) -> tuple[float, f
     return load, time.monotonic() - began
 
 
+PROFILE_CATEGORIES = (
+    ("database (SQLAlchemy, psycopg)", ("/sqlalchemy/", "/psycopg/")),
+    ("HTTP client (requests, urllib3, http.client)", ("/requests/", "/urllib3/", "/http/client.py", "socket.py",
+                                                      "/idna/", "/charset_normalizer/", "/certifi/")),
+    ("Flask, Werkzeug, Jinja", ("/flask/", "/werkzeug/", "/jinja2/", "/markupsafe/", "/itsdangerous/")),
+    ("Celery, kombu", ("/celery/", "/kombu/", "/amqp/", "/vine/", "/billiard/")),
+    ("encryption (cryptography, base64)", ("/cryptography/", "base64", "hmac", "secrets")),
+    ("Redis client", ("/redis/",)),
+    ("the service's own code", ("/shared/", "/worker/", "/web/")),
+)
+
+
+def profile_shares(profile: Any) -> dict[str, float]:
+    """Where a CPU-clock cProfile's time went, by library, as fractions (largest first)."""
+    import pstats
+
+    shares: dict[str, float] = {}
+    for (filename, _, _), (_, _, tottime, _, _) in pstats.Stats(profile).stats.items():  # type: ignore[attr-defined]
+        if filename == "~":
+            category = "C functions (socket calls, Fernet's Rust core, json…)"
+        else:
+            category = next((name for name, marks in PROFILE_CATEGORIES if any(m in filename for m in marks)),
+                            "other Python (stdlib, logging…)")
+        shares[category] = shares.get(category, 0.0) + tottime
+    total = sum(shares.values()) or 1.0
+    return {name: value / total for name, value in sorted(shares.items(), key=lambda kv: -kv[1])}
+
+
+def format_shares(shares: dict[str, float]) -> str:
+    return ", ".join(f"{name} {share:.0%}" for name, share in shares.items() if share >= 0.005)
+
+
 def machine_facts(database_url: str | None = None) -> list[tuple[str, str]]:
     """What a reader needs to weigh the figures."""
     model = ""

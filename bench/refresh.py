@@ -22,7 +22,7 @@ import requests
 from sqlalchemy import func, select
 
 from bench.fixtures import Grant, Sandbox, insert_connections, mint_grants, tenant_and_integration
-from bench.harness import ROOT, CPUMeter, Environment, Section, per_s, say
+from bench.harness import ROOT, CPUMeter, Environment, Section, format_shares, per_s, profile_shares, say
 from shared.models import Connection, utcnow
 from shared.queue import REFRESH_CONNECTION
 
@@ -84,22 +84,10 @@ def _bare_pool(sandbox: Sandbox, client: dict, grants: list[Grant], concurrency:
     return len(grants) / elapsed, statuses
 
 
-PROFILE_CATEGORIES = (
-    ("database (SQLAlchemy, psycopg)", ("/sqlalchemy/", "/psycopg/")),
-    ("HTTP client (requests, urllib3, http.client)", ("/requests/", "/urllib3/", "/http/", "/email/", "socket.py",
-                                                      "/idna/", "/charset_normalizer/", "/certifi/")),
-    ("encryption (cryptography, base64)", ("/cryptography/", "base64", "hmac", "secrets")),
-    ("Redis client", ("/redis/",)),
-    ("the service's own code", ("/shared/", "/worker/", "/web/")),
-)
-
-
 def _diagnose_child(ids: list[str]) -> dict:
     """In a child process with the workers' settings: `refresh_once` run sequentially, its CPU
     per call, and where that CPU goes (a CPU-clock profile, by library)."""
     import cProfile
-    import pstats
-
     from worker.app import runtime
     from worker.refresh import refresh_once
 
@@ -118,18 +106,8 @@ def _diagnose_child(ids: list[str]) -> dict:
     for connection_id in profiled:
         refresh_once(rt, connection_id, None)
     profile.disable()
-    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
-    shares: dict[str, float] = {}
-    for (filename, _, _), (_, _, tottime, _, _) in stats.items():
-        if filename == "~":
-            category = "C functions (socket calls, Fernet's Rust core, json…)"
-        else:
-            category = next((name for name, marks in PROFILE_CATEGORIES if any(m in filename for m in marks)),
-                            "other Python (stdlib, logging…)")
-        shares[category] = shares.get(category, 0.0) + tottime
-    total = sum(shares.values()) or 1.0
     return {"cpu_ms": cpu / len(timed) * 1000, "wall_ms": wall / len(timed) * 1000, "outcomes": outcomes,
-            "shares": {name: value / total for name, value in sorted(shares.items(), key=lambda kv: -kv[1])}}
+            "shares": profile_shares(profile)}
 
 
 def _diagnose(env: Environment, ids: list[str]) -> dict:
@@ -263,7 +241,7 @@ def run(section: Section, quick: bool = False, count: int = 10_000, processes: i
         f"in the worker processes (Celery included); `refresh_once` alone, sequential in one process against "
         f"the sandbox at latency 0: {diagnosis['cpu_ms']:.1f} ms CPU, {diagnosis['wall_ms']:.1f} ms wall per call "
         f"({diagnosis['outcomes']}); its CPU by library: "
-        + ", ".join(f"{name} {share:.0%}" for name, share in diagnosis["shares"].items()),
+        + format_shares(diagnosis["shares"]),
         f"the bare pool spends {bare_meter.used.get('bench (this process)', 0.0) / max(bare_rate, 1e-9) * 1000:.1f} ms "
         "of client CPU per refresh, for comparison",
         "double refreshes = successful sandbox refreshes beyond one per connection + connections whose "
