@@ -210,3 +210,11 @@ def connection_token(connection_id: str) -> Response:
 @bp.post("/connections/<connection_id>/refresh")
 def refresh_connection(connection_id: str) -> Response:
     return _token_response(connection_id, force=True)
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    """The OpenAPI 3.1 document of this service (no key needed)."""
+    from web.openapi import document  # here, not on top: web.openapi imports this module
+
+    return jsonify(document())
