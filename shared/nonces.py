@@ -1,14 +1,39 @@
-"""State nonces of the connect flow: written once, consumed once, gone after 10 minutes."""
+"""State nonces and authorization codes of the connect flow: written once, taken once
+(GETDEL), gone after 10 minutes, and encrypted in Redis."""
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import redis
 
 from shared.crypto import Cipher
 
 STATE_TTL_SECONDS = 600
+
+
+class SealedStore:
+    """JSON values under `{prefix}{key}`, encrypted, each taken at most once."""
+
+    def __init__(self, client: redis.Redis, cipher: Cipher, prefix: str, ttl: int = STATE_TTL_SECONDS) -> None:
+        self._redis = client
+        self._cipher = cipher
+        self._prefix = prefix
+        self._ttl = ttl
+
+    def put(self, key: str, value: dict[str, Any], *, only_new: bool = False) -> bool:
+        """Store a value; with `only_new`, False if the key exists already (SET NX)."""
+        sealed = self._cipher.encrypt(json.dumps(value))
+        return bool(self._redis.set(f"{self._prefix}{key}", sealed, nx=only_new, ex=self._ttl))
+
+    def take(self, key: str) -> dict[str, Any] | None:
+        """Read and delete in one step: a second taker, or a late one, finds nothing."""
+        sealed = self._redis.getdel(f"{self._prefix}{key}")
+        if sealed is None:
+            return None
+        raw = sealed.decode() if isinstance(sealed, bytes) else sealed
+        return json.loads(self._cipher.decrypt(raw))
 
 
 @dataclass(frozen=True)
@@ -21,53 +46,32 @@ class PendingState:
 
 
 class StateStore:
-    """Redis-backed state nonces; the payload is encrypted because it holds the PKCE verifier."""
+    """`state:{state}`: the pending flow, including its PKCE verifier."""
 
     def __init__(self, client: redis.Redis, cipher: Cipher, ttl: int = STATE_TTL_SECONDS) -> None:
-        self._redis = client
-        self._cipher = cipher
-        self._ttl = ttl
-
-    @staticmethod
-    def _key(state: str) -> str:
-        return f"state:{state}"
+        self._store = SealedStore(client, cipher, "state:", ttl)
 
     def put(self, state: str, pending: PendingState) -> bool:
-        """Store a new state; False if it already exists (SET NX)."""
-        payload = self._cipher.encrypt(json.dumps(asdict(pending)))
-        return bool(self._redis.set(self._key(state), payload, nx=True, ex=self._ttl))
+        """Store a new state; False if it already exists."""
+        return self._store.put(state, asdict(pending), only_new=True)
 
     def consume(self, state: str) -> PendingState | None:
-        """Take the state atomically (GETDEL): a replay or an expired state finds nothing."""
-        payload = self._redis.getdel(self._key(state))
-        if payload is None:
-            return None
-        raw = payload.decode() if isinstance(payload, bytes) else payload
-        return PendingState(**json.loads(self._cipher.decrypt(raw)))
+        """Take the state: a replay or an expired state finds nothing."""
+        value = self._store.take(state)
+        return PendingState(**value) if value else None
 
 
 class CodeStore:
-    """The authorization code of an attempt, encrypted, until a worker takes it."""
+    """`attempt-code:{id}`: the authorization code of an attempt until a worker takes it."""
 
     def __init__(self, client: redis.Redis, cipher: Cipher, ttl: int = STATE_TTL_SECONDS) -> None:
-        self._redis = client
-        self._cipher = cipher
-        self._ttl = ttl
-
-    @staticmethod
-    def _key(attempt_id: str) -> str:
-        return f"attempt:{attempt_id}:code"
+        self._store = SealedStore(client, cipher, "attempt-code:", ttl)
 
     def put(self, attempt_id: str, code: str, code_verifier: str) -> None:
         """Keep the code and verifier for the exchange."""
-        payload = self._cipher.encrypt(json.dumps({"code": code, "verifier": code_verifier}))
-        self._redis.set(self._key(attempt_id), payload, ex=self._ttl)
+        self._store.put(attempt_id, {"code": code, "verifier": code_verifier})
 
     def take(self, attempt_id: str) -> tuple[str, str] | None:
         """Take the code once: a redelivered exchange finds nothing and never posts twice."""
-        payload = self._redis.getdel(self._key(attempt_id))
-        if payload is None:
-            return None
-        raw = payload.decode() if isinstance(payload, bytes) else payload
-        data = json.loads(self._cipher.decrypt(raw))
-        return data["code"], data["verifier"]
+        value = self._store.take(attempt_id)
+        return (value["code"], value["verifier"]) if value else None

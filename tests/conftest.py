@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import fakeredis
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from shared.config import Settings, load_settings
 from shared.crypto import Cipher, new_fernet_key
 from shared.db import Database
-from shared.models import Base
+from shared.models import Base, Connection, Integration, Tenant, new_id, utcnow
 from shared.runtime import Runtime
 
 # The worker modules read their settings on import; give unit tests harmless ones.
@@ -38,3 +39,22 @@ def memory_runtime() -> Runtime:
     db = Database("sqlite://")
     Base.metadata.create_all(db.engine)
     return Runtime(settings=settings, db=db, redis=fakeredis.FakeRedis(), cipher=Cipher(settings.encryption_keys))
+
+
+def seed_connections(rt: Runtime, expiring_in: list[int | None], status: str = "active",
+                     lifetime: int = 3600) -> list[str]:
+    """Connections of a new tenant whose tokens expire in the given seconds (None: never)."""
+    now = utcnow()
+    with rt.db.session() as session:
+        tenant = Tenant(name="seeded", api_key_hash=new_id("hash"))
+        session.add(tenant)
+        session.flush()
+        integration = Integration(tenant_id=tenant.id, provider="oauth2", client_id="c", client_secret_enc="x",
+                                  scopes=[], authorize_url="https://idp.example/a", token_url="https://idp.example/t")
+        session.add(integration)
+        session.flush()
+        rows = [Connection(tenant_id=tenant.id, integration_id=integration.id, end_user_id="u", scopes=[],
+                           status=status, lifetime_seconds=lifetime,
+                           expires_at=now + timedelta(seconds=s) if s is not None else None) for s in expiring_in]
+        session.add_all(rows)
+    return [row.id for row in rows]

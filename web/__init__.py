@@ -13,7 +13,8 @@ def create_app(settings: Settings | None = None, runtime_: Runtime | None = None
     Tests may pass a ready runtime (for instance one over fakeredis)."""
     settings = runtime_.settings if runtime_ else settings or get_settings()
     app = Flask(__name__)
-    app.config.update(SECRET_KEY=settings.secret_key, JSON_SORT_KEYS=False, MAX_CONTENT_LENGTH=256 * 1024)
+    app.config.update(SECRET_KEY=settings.secret_key, MAX_CONTENT_LENGTH=256 * 1024)
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # fields in the documented order
     app.extensions["runtime"] = runtime_ or build_runtime(settings)
 
     from web import api, cli, connect, ops

@@ -49,6 +49,6 @@ def test_a_code_is_taken_once_and_stored_encrypted() -> None:
     redis = fakeredis.FakeRedis()
     codes = CodeStore(redis, Cipher([new_fernet_key()]))
     codes.put("att_1", "the-code-123", "verifier")
-    assert b"the-code-123" not in redis.get("attempt:att_1:code")
+    assert b"the-code-123" not in redis.get("attempt-code:att_1")
     assert codes.take("att_1") == ("the-code-123", "verifier")
     assert codes.take("att_1") is None

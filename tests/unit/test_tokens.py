@@ -5,10 +5,11 @@ from datetime import timedelta
 
 import pytest
 
-from shared.models import Connection, Integration, Tenant, utcnow
+from shared.models import Connection, utcnow
 from shared.providers import ProviderError, TokenSet
 from shared.runtime import Runtime
 from shared.tokens import Failure, classify, due_at, fenced_update, is_due, margin_for, token_values
+from tests.conftest import seed_connections
 
 MARGIN = 600
 
@@ -57,16 +58,9 @@ def test_a_response_without_a_refresh_token_keeps_the_stored_one(memory_runtime:
 
 
 def test_the_fenced_update_lets_only_the_reader_of_the_current_version_write(memory_runtime: Runtime) -> None:
+    [connection_id] = seed_connections(memory_runtime, [None])
     with memory_runtime.db.session() as session:
-        tenant = Tenant(name="t", api_key_hash="h")
-        session.add(tenant)
-        session.flush()
-        integration = Integration(tenant_id=tenant.id, provider="oauth2", client_id="c", client_secret_enc="x",
-                                  scopes=[], authorize_url="https://a", token_url="https://t")
-        session.add(integration)
-        session.flush()
-        connection = Connection(tenant_id=tenant.id, integration_id=integration.id, end_user_id="u", scopes=[])
-        session.add(connection)
+        connection = session.get(Connection, connection_id)
     read_by_a = read_by_b = connection.version
     with memory_runtime.db.session() as session:
         assert fenced_update(session, connection.id, read_by_b, {"last_error": "from B"})
