@@ -5,8 +5,6 @@ sweep or an API call asks; the worker clears it when the refresh is over."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
-
 import redis
 from celery import Celery
 
@@ -32,15 +30,14 @@ def claim(client: redis.Redis, connection_ids: Iterable[str]) -> list[str]:
     return [connection_id for connection_id, fresh in zip(ids, pipe.execute()) if fresh]
 
 
-def request_refresh(client: redis.Redis, celery: Celery, connection_id: str,
-                    requested_at: datetime | None = None) -> bool:
+def request_refresh(client: redis.Redis, celery: Celery, connection_id: str, seen: str | None = None) -> bool:
     """Queue one refresh unless one is queued or running (single flight).
 
-    `requested_at` forces a refresh that must land after that moment; without it the
-    worker refreshes only if the connection is due."""
+    `seen` (a `refresh_mark`) forces a refresh unless another one has landed since that
+    mark was read; without it the worker refreshes only if the connection is due."""
     if not claim(client, [connection_id]):
         return False
-    kwargs = {"requested_at": requested_at.isoformat()} if requested_at else {}
+    kwargs = {"seen": seen} if seen is not None else {}
     celery.send_task(REFRESH_CONNECTION, args=[connection_id], kwargs=kwargs, ignore_result=True)
     return True
 

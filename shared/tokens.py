@@ -35,6 +35,12 @@ def is_due(connection: Connection, margin_seconds: int, now: datetime | None = N
     return connection.status == "active" and when is not None and (now or utcnow()) >= when
 
 
+def refresh_mark(connection: Connection) -> str:
+    """Which refresh produced the stored token: a forced refresh is done once this
+    changes. Compared for equality only, so no two hosts' clocks are ever compared."""
+    return connection.last_refreshed_at.isoformat() if connection.last_refreshed_at else "never"
+
+
 def token_values(tokens: TokenSet, cipher: Cipher, now: datetime | None = None) -> dict[str, Any]:
     """Column values for a fresh token response; a response without a refresh
     token keeps the stored one (the key is left out)."""

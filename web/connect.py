@@ -8,7 +8,7 @@ import re
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from flask import Blueprint, Response, make_response, redirect, render_template, request
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from shared import pkce
 from shared.crypto import digest, new_secret, same
@@ -48,7 +48,7 @@ def start(token: str) -> Response | tuple[str, int]:
     rt = runtime()
     now = utcnow()
     with rt.db.session() as session:
-        connect_session = session.query(ConnectSession).filter_by(token_hash=digest(token)).one_or_none()
+        connect_session = session.scalar(select(ConnectSession).where(ConnectSession.token_hash == digest(token)))
         if connect_session is None:
             return _page(404, "Link not found", "This connect link is not valid. Ask the app for a new one.")
         if connect_session.expires_at <= now:

@@ -9,7 +9,7 @@ from flask import current_app
 
 from shared import refreshes
 from shared.models import Connection, utcnow
-from shared.tokens import is_due
+from shared.tokens import is_due, refresh_mark
 from web import runtime
 from web.errors import ApiError
 from web.serializers import iso
@@ -59,13 +59,13 @@ def fresh_token(connection: Connection, force: bool) -> dict[str, Any]:
     margin = rt.settings.refresh_margin_seconds
     if not force and not is_due(connection, margin):
         return token_json(connection)
-    requested_at = utcnow() if force else None
+    seen = refresh_mark(connection) if force else None
 
     def done(current: Connection) -> bool:
         if current.status != "active":
             return True
-        if requested_at is not None:
-            return current.last_refreshed_at is not None and current.last_refreshed_at >= requested_at
+        if seen is not None:
+            return refresh_mark(current) != seen
         return not is_due(current, margin)
 
     deadline = time.monotonic() + rt.settings.token_wait_seconds
@@ -75,7 +75,7 @@ def fresh_token(connection: Connection, force: bool) -> dict[str, Any]:
             if done(current):
                 return token_json(current)
             if not refreshes.is_queued(rt.redis, connection.id):
-                refreshes.request_refresh(rt.redis, rt.celery, connection.id, requested_at)
+                refreshes.request_refresh(rt.redis, rt.celery, connection.id, seen)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break

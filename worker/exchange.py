@@ -38,10 +38,12 @@ def _store(rt: Runtime, session: Session, connect_session: ConnectSession, token
     """Create the connection, or re-authorize the one the session names; return its id."""
     values = token_values(tokens, rt.cipher)
     if connect_session.connection_id:
+        # The row is locked (on PostgreSQL), so the fence holds; it also makes a
+        # refresh of the old grant that lands later drop its answer.
         connection = session.get(Connection, connect_session.connection_id, with_for_update=True)
         assert connection is not None
         if not fenced_update(session, connection.id, connection.version, values):
-            raise RuntimeError("connection changed while locked")
+            raise RuntimeError(f"connection {connection.id} changed under its row lock")
         record_event(session, connection, "reauthorized")
         return connection.id
     values.setdefault("scopes", [])
@@ -62,6 +64,17 @@ def exchange_code(attempt_id: str) -> None:
     The code is taken from Redis atomically before the call, so a redelivered task
     finds nothing to post and fails the attempt instead of spending the code twice."""
     rt = runtime()
+    try:
+        _exchange(rt, attempt_id)
+    except Exception:
+        # Never leave the browser polling a pending attempt forever.
+        with rt.db.session() as session:
+            _finish(session, attempt_id, "failed", error="server_error")
+        raise
+
+
+def _exchange(rt: Runtime, attempt_id: str) -> None:
+    """Take the code, post it once, store the outcome."""
     with rt.db.session() as session:
         attempt = session.get(ConnectAttempt, attempt_id)
         if attempt is None or attempt.status != "pending":

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from celery import Celery, Task
 from sqlalchemy import select, tuple_
@@ -20,7 +20,8 @@ from shared.models import Connection, Integration, utcnow
 from shared.providers import ProviderError, refresh as post_refresh
 from shared.queue import REFRESH_CONNECTION, SWEEP_DUE
 from shared.runtime import Runtime
-from shared.tokens import Failure, classify, due_at, fenced_update, is_due, record_event, token_values
+from shared.tokens import (Failure, classify, due_at, fenced_update, is_due, record_event, refresh_mark,
+                           token_values)
 from worker.app import celery, runtime
 from worker.exchange import oauth_client
 
@@ -48,12 +49,13 @@ def _load(session: Session, connection_id: str) -> Connection | None:
     return session.get(Connection, connection_id)
 
 
-def _wanted(connection: Connection | None, requested_at: datetime | None, margin: int) -> bool:
-    """Whether the connection still needs this refresh (re-read under the lock)."""
+def _wanted(connection: Connection | None, seen: str | None, margin: int) -> bool:
+    """Whether the connection still needs this refresh (re-read under the lock): a
+    forced one unless another refresh landed since `seen`, else only when due."""
     if connection is None or connection.status != "active":
         return False
-    if requested_at is not None:
-        return connection.last_refreshed_at is None or connection.last_refreshed_at < requested_at
+    if seen is not None:
+        return refresh_mark(connection) == seen
     return is_due(connection, margin)
 
 
@@ -77,12 +79,12 @@ def _record_failure(rt: Runtime, connection: Connection, error: ProviderError, r
     return Outcome("failed", backoff(retries))
 
 
-def refresh_once(rt: Runtime, connection_id: str, requested_at: datetime | None, retries: int = 0) -> Outcome:
+def refresh_once(rt: Runtime, connection_id: str, seen: str | None, retries: int = 0) -> Outcome:
     """One refresh, to be called under the connection's lock."""
     settings = rt.settings
     with rt.db.session() as session:
         connection = _load(session, connection_id)
-        if not _wanted(connection, requested_at, settings.refresh_margin_seconds):
+        if not _wanted(connection, seen, settings.refresh_margin_seconds):
             return Outcome("not_needed")
         assert connection is not None
         integration = session.get(Integration, connection.integration_id)
@@ -110,7 +112,7 @@ def refresh_once(rt: Runtime, connection_id: str, requested_at: datetime | None,
 
 @celery.task(name=REFRESH_CONNECTION, bind=True, acks_late=True, reject_on_worker_lost=True,
              max_retries=MAX_RETRIES, ignore_result=True)
-def refresh_connection(self: Task, connection_id: str, requested_at: str | None = None) -> str:
+def refresh_connection(self: Task, connection_id: str, seen: str | None = None) -> str:
     """Refresh one connection if it still needs it; safe to run twice (lock, re-read, fence)."""
     rt = runtime()
     lock = RefreshLock(rt.redis, connection_id, rt.settings.refresh_lock_ttl)
@@ -123,8 +125,7 @@ def refresh_connection(self: Task, connection_id: str, requested_at: str | None 
         refreshes.keep_queued(rt.redis, connection_id)
         raise self.retry(countdown=lock.remaining_seconds() + random.uniform(0.05, 0.25))
     try:
-        when = datetime.fromisoformat(requested_at) if requested_at else None
-        outcome = refresh_once(rt, connection_id, when, self.request.retries)
+        outcome = refresh_once(rt, connection_id, seen, self.request.retries)
     finally:
         if lock.owned():
             lock.release()

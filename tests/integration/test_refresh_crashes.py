@@ -4,11 +4,11 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
 
 import pytest
 
 from shared.queue import REFRESH_CONNECTION
+from shared.tokens import refresh_mark
 from tests.integration.conftest import StackFactory
 from tests.integration.stack import Stack, wait_for
 
@@ -17,8 +17,8 @@ pytestmark = pytest.mark.integration
 
 def _send_refresh(stack: Stack, connection_id: str) -> None:
     """Queue a forced refresh directly, as a duplicate or redelivered task would arrive."""
-    requested_at = datetime.now(timezone.utc).isoformat()
-    stack.runtime.celery.send_task(REFRESH_CONNECTION, args=[connection_id], kwargs={"requested_at": requested_at})
+    seen = refresh_mark(stack.row(connection_id))
+    stack.runtime.celery.send_task(REFRESH_CONNECTION, args=[connection_id], kwargs={"seen": seen})
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.stack import Stack, Tenant, wait_for
+from tests.integration.stack import Browser, Stack, Tenant, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -144,3 +144,21 @@ def test_a_refresh_slower_than_the_wait_answers_503_with_retry_after(stack: Stac
     assert response.headers["Retry-After"] == "1"
     # The stored token is still there for a plain read.
     assert tenant.call("GET", f"/connections/{connection_id}/token").status_code == 200
+
+
+def test_a_connection_needing_reauth_is_reauthorized_in_place(stack: Stack) -> None:
+    tenant = stack.tenant()
+    client, connection_id = tenant.connected()
+    stack.knobs(client["client_id"], fail=["invalid_grant"])
+    assert tenant.call("POST", f"/connections/{connection_id}/refresh").status_code == 409
+    integration_id = stack.row(connection_id).integration_id
+
+    connect_url = tenant.connect_url(integration_id, connection_id=connection_id)
+    attempt = Browser(stack).connect(connect_url)
+    assert attempt == {"status": "succeeded", "connection_id": connection_id}
+    connection = tenant.call("GET", f"/connections/{connection_id}").json()
+    assert connection["status"] == "active" and connection["last_error"] is None
+    assert tenant.events(connection_id) == ["created", "needs_reauth", "reauthorized"]
+    token = tenant.call("GET", f"/connections/{connection_id}/token").json()["access_token"]
+    assert stack.introspect(client, token)["active"] is True
+    assert len(tenant.call("GET", "/connections").json()["data"]) == 1
