@@ -187,6 +187,8 @@ def run(section: Section, quick: bool = False, levels: tuple[int, ...] = (4, 16,
 
         say("  where the CPU goes (in-process, Flask's test client)…")
         diagnosis = _diagnose(env, tenant_id, integration_id, issuer, 100 if quick else 300)
+        log = web.output()
+        tracebacks, errors = log.count("Traceback"), error_summary(log)
         queued = rt.redis.llen("celery")
         rt.redis.delete("celery")
         kind = env.kind
@@ -220,6 +222,7 @@ def run(section: Section, quick: bool = False, levels: tuple[int, ...] = (4, 16,
         f"{diagnosis['callback']['cpu_ms']:.2f} ms, `/healthz` {diagnosis['healthz']['cpu_ms']:.2f} ms. "
         f"By library (CPU-clock profile): `/connect/{{token}}`: {format_shares(diagnosis['connect']['shares'])}; "
         f"`/oauth/callback`: {format_shares(diagnosis['callback']['shares'])}.")
+    section.notes.append(f"Tracebacks in the web's log over the whole run: {tracebacks}; errors: {errors}.")
     section.notes.append(f"{queued:,} `connect.exchange_code` messages were left queued by the callbacks "
                          "and purged.")
     section.notes.append(

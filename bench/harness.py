@@ -7,6 +7,7 @@ import datetime as dt
 import math
 import os
 import platform
+import re
 import secrets
 import shutil
 import signal
@@ -287,6 +288,26 @@ def profile_shares(profile: Any) -> dict[str, float]:
 
 def format_shares(shares: dict[str, float]) -> str:
     return ", ".join(f"{name} {share:.0%}" for name, share in shares.items() if share >= 0.005)
+
+
+_ERROR_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?([A-Z]\w*(?:Error|Exception)): (.*)$")
+
+
+def error_summary(log: str, top: int = 3) -> str:
+    """The exceptions that ended tracebacks in a log, most frequent first (a chained exception is
+    counted once, by its last line)."""
+    counts: dict[str, int] = {}
+    lines = log.splitlines()
+    for index, line in enumerate(lines):
+        match = _ERROR_LINE.match(line)
+        following = next((later for later in lines[index + 1:index + 3] if later.strip()), "")
+        if match and not following.startswith("The above exception") and not following.startswith("During handling"):
+            key = f"{match.group(1)}: {match.group(2)[:140]}"
+            counts[key] = counts.get(key, 0) + 1
+    if not counts:
+        return "none"
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+    return "; ".join(f"{n} × `{text}`" for text, n in ranked)
 
 
 def machine_facts(database_url: str | None = None) -> list[tuple[str, str]]:

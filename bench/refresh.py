@@ -22,7 +22,7 @@ import requests
 from sqlalchemy import func, select
 
 from bench.fixtures import Grant, Sandbox, insert_connections, mint_grants, tenant_and_integration
-from bench.harness import ROOT, CPUMeter, Environment, Section, format_shares, per_s, profile_shares, say
+from bench.harness import ROOT, CPUMeter, Environment, Section, error_summary, format_shares, per_s, profile_shares, say
 from shared.models import Connection, utcnow
 from shared.queue import REFRESH_CONNECTION
 
@@ -194,7 +194,8 @@ def run(section: Section, quick: bool = False, count: int = 10_000, processes: i
                                      .where(Connection.refresh_failures > 0)) or 0
         for worker in workers:
             worker.stop()
-        errors = sum("Traceback" in w.output() for w in workers)
+        worker_log = "\n".join(w.output() for w in workers)
+        errors = f"{worker_log.count('Traceback')} tracebacks, errors: {error_summary(worker_log)}"
 
         say(f"  bare pool of {concurrency} threads…")
         bare_meter = CPUMeter({"sandbox": sandbox_proc}).start()
@@ -234,7 +235,7 @@ def run(section: Section, quick: bool = False, count: int = 10_000, processes: i
         f"sandbox counted {requests_made:,} refresh-token requests and {successes:,} successful refreshes "
         f"for the worker run, {revoked} grants revoked (a reused refresh token revokes its grant)",
         f"versions after the run: {dict(sorted(versions.items()))}; statuses: {statuses}; "
-        f"connections with refresh failures: {failing:,}; worker logs with a traceback: {errors}",
+        f"connections with refresh failures: {failing:,}; worker logs: {errors}",
         f"CPU during the worker run: {meter.summary()}",
         f"CPU during the bare pool: {bare_meter.summary()}; statuses {bare_statuses}",
         f"CPU per refresh in the worker run: {sum(meter.used.get(f'worker {i + 1}', 0.0) for i in range(processes)) / max(rate, 1e-9) * 1000:.1f} ms "

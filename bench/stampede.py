@@ -18,7 +18,7 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from bench.fixtures import Sandbox, insert_connections, mint_grants, tenant_and_integration
-from bench.harness import ROOT, CPUMeter, Environment, Section, ms, say
+from bench.harness import ROOT, CPUMeter, Environment, Section, error_summary, ms, say
 from bench.loadgen import LoadGenerator, Request, Result, build_request
 from shared.models import Connection, utcnow
 
@@ -81,7 +81,8 @@ def run(section: Section, quick: bool = False, concurrency: int = 1000, latency_
         after = sandbox.stats(client["client_id"])
         with rt.db.session() as session:
             version = session.scalar(select(Connection.version).where(Connection.id == due_id))
-        errors_500 = web.output().count("Traceback")
+        log = web.output()
+        tracebacks, errors = log.count("Traceback"), error_summary(log)
         kind = env.kind
 
     calls = after["token_requests"]["refresh_token"] - before["token_requests"]["refresh_token"]
@@ -108,7 +109,7 @@ def run(section: Section, quick: bool = False, concurrency: int = 1000, latency_
         f"stampede: {_describe(stampede)}; sandbox refresh successes {successes}; the connection's version "
         f"went 1 → {version}; CPU: {stampede_cpu.summary()}",
         f"control (the same burst on a connection that is not due): {_describe(control)}; CPU: {control_cpu.summary()}",
-        f"tracebacks in the web's log over the whole run: {errors_500}",
+        f"tracebacks in the web's log over the whole run: {tracebacks}; errors: {errors}",
         "Caveat: the 1,000 clients are one Python process on the same 2 cores as the web, the worker, the "
         "sandbox, PostgreSQL and Redis; the control burst shows the part of the wait that is just queueing "
         "1,000 requests on this machine.",
