@@ -21,8 +21,8 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 from sqlalchemy import insert
 
-from bench.harness import (ROOT, CPUMeter, Environment, Section, format_shares, ms, per_s, profile_shares, say,
-                           wait_for_quiet)
+from bench.harness import (ROOT, CPUMeter, Environment, Section, error_summary, format_shares, ms, per_s,
+                           profile_shares, say, wait_for_quiet)
 from bench.loadgen import LoadGenerator, Request, Result, build_request
 from shared.crypto import digest, new_secret
 from shared.models import ConnectSession, Integration, new_id, utcnow
