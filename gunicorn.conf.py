@@ -5,6 +5,8 @@ GUNICORN_TIMEOUT (seconds), GUNICORN_LOG_LEVEL (info)."""
 import multiprocessing
 import os
 
+from gunicorn.glogging import Logger
+
 
 def _int(name: str, default: int) -> int:
     value = os.environ.get(name, "").strip()
@@ -42,6 +44,20 @@ loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
 # log. So no %(r)s (the request line), no %(q)s (the query) and no %(U)s?%(q)s.
 # The referer is left out for the same reason (it may hold a query string too).
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms "%(a)s"'
+
+
+class RedactingLogger(Logger):
+    """The path of a connect link is its single-use token: log the route, not the token."""
+
+    def atoms(self, resp, req, environ, request_time):  # type: ignore[no-untyped-def]
+        atoms = super().atoms(resp, req, environ, request_time)
+        path = atoms.get("U", "")
+        if path.startswith("/connect/") and not path.startswith("/connect/attempts/"):
+            atoms["U"] = "/connect/<token>"
+        return atoms
+
+
+logger_class = RedactingLogger
 
 # Gunicorn 25+ opens a control socket at one fixed path per user
 # (~/.gunicorn/gunicorn.ctl): several instances on one host would fight over it,

@@ -25,11 +25,14 @@ class Settings(BaseSettings):
     refresh_sweep_seconds: int = Field(default=60, ge=1)
     token_wait_seconds: float = Field(default=10, gt=0)
     sandbox_provider: bool = False
-    # Upper bound on one call to a provider; the refresh lock lives longer than this.
+    # Bounds one call to a provider: connecting, then the whole answer; so a call
+    # lasts at most about twice this.
     http_timeout_seconds: float = Field(default=10, gt=0)
-    # The refresh lock's TTL; by default the HTTP timeout plus 5 s. A smaller value
-    # is a misconfiguration that the fenced write still survives.
+    # The refresh lock's TTL; by default above the longest provider call. A smaller
+    # value is a misconfiguration that the fenced write still survives.
     refresh_lock_seconds: float | None = Field(default=None, gt=0)
+    # Threads per worker process (Celery's -c wins when given).
+    worker_concurrency: int = Field(default=32, ge=1)
     # Celery: a task's hard time limit, and the Redis visibility timeout that must
     # stay above it, or a slow task would be handed to a second worker.
     task_time_limit_seconds: int = Field(default=120, ge=5)
@@ -49,7 +52,7 @@ class Settings(BaseSettings):
     @property
     def refresh_lock_ttl(self) -> float:
         """How long the refresh lock lives."""
-        return self.refresh_lock_seconds or self.http_timeout_seconds + 5
+        return self.refresh_lock_seconds or 2 * self.http_timeout_seconds + 5
 
     @property
     def redirect_uri(self) -> str:

@@ -13,12 +13,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 def make_engine(database_url: str) -> Engine:
     """An engine for PostgreSQL or SQLite; SQLite gets WAL and a busy timeout
-    because web and workers write to the same file."""
+    because web and workers write to the same file. Statement parameters never
+    appear in errors or logs."""
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, hide_parameters=True)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -29,7 +30,9 @@ def make_engine(database_url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # Enough connections for every worker thread and web thread of a process, so
+    # none waits for one between a provider's answer and the commit.
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=54, hide_parameters=True)
 
 
 class Database:

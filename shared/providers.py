@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import base64
+import json
 import threading
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
@@ -11,8 +15,6 @@ import requests
 
 RESPONDIO_AUTHORIZE_URL = "https://app.respond.io/oauth/authorize"
 RESPONDIO_TOKEN_URL = "https://app.respond.io/oauth/token"
-PROVIDER_KINDS = ("respondio", "oauth2", "sandbox")
-AUTH_METHODS = ("client_secret_basic", "client_secret_post")
 
 
 def default_urls(provider: str, public_base_url: str) -> dict[str, str]:
@@ -56,7 +58,6 @@ class OAuthClient:
     client_secret: str
     token_url: str
     auth_method: str = "client_secret_basic"
-    revoke_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -80,12 +81,17 @@ class ProviderError(Exception):
         self.error = error
         self.retry_after = retry_after
 
-    @property
-    def answered(self) -> bool:
-        """Whether the provider gave an HTTP answer (a code is then spent)."""
-        return self.status is not None
+
+@dataclass(frozen=True)
+class Answer:
+    """An HTTP answer read in full within the deadline."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
 
 
+MAX_BODY_BYTES = 1 << 20
 _local = threading.local()
 
 
@@ -97,12 +103,19 @@ def _http() -> requests.Session:
     return session
 
 
-def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """`Retry-After` as seconds from now: delta-seconds or an HTTP date (RFC 9110)."""
+    if not value:
         return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when - (now if now is not None else time.time()))
 
 
 def _authenticated(client: OAuthClient, form: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
@@ -117,38 +130,59 @@ def _authenticated(client: OAuthClient, form: dict[str, str]) -> tuple[dict[str,
     return form, headers
 
 
-def _post(url: str, form: dict[str, str], headers: dict[str, str], timeout: float) -> requests.Response:
+def _post(url: str, form: dict[str, str], headers: dict[str, str], timeout: float) -> Answer:
+    """POST once. Connecting and the first byte of the answer are each bounded by
+    `timeout`, and the whole answer must have arrived `timeout` after the start, so a
+    call never outlives the refresh lock (whose TTL is above twice the timeout)."""
+    deadline = time.monotonic() + timeout
     try:
-        return _http().post(url, data=form, headers=headers, timeout=timeout, allow_redirects=False)
+        with _http().post(url, data=form, headers=headers, timeout=(timeout, timeout), allow_redirects=False,
+                          stream=True) as response:
+            body = bytearray()
+            for chunk in response.iter_content(16384):
+                body += chunk
+                if len(body) > MAX_BODY_BYTES:
+                    raise ProviderError("answer too large", status=response.status_code, error="invalid_response")
+                if time.monotonic() > deadline:
+                    raise requests.Timeout("the answer did not arrive in time")
+            return Answer(response.status_code, response.headers, bytes(body))
     except requests.Timeout as error:
         raise ProviderError(f"timeout after {timeout:g}s", error="timeout") from error
     except requests.RequestException as error:
         raise ProviderError(f"connection error: {type(error).__name__}", error="connection_error") from error
 
 
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return {}
+    return payload if isinstance(payload, dict) else {}
+
+
 def request_token(client: OAuthClient, form: dict[str, str], timeout: float) -> TokenSet:
     """POST the token endpoint once; raise ProviderError on anything but a token."""
     body, headers = _authenticated(client, form)
-    response = _post(client.token_url, body, headers, timeout)
-    try:
-        payload: Any = response.json()
-    except ValueError:
-        payload = {}
-    if not isinstance(payload, dict):
-        payload = {}
-    if response.status_code != 200 or "access_token" not in payload:
-        error = str(payload.get("error") or f"http_{response.status_code}")
+    answer = _post(client.token_url, body, headers, timeout)
+    payload = _json_object(answer.body)
+    if answer.status != 200 or not isinstance(payload.get("access_token"), str):
+        error = str(payload.get("error") or f"http_{answer.status}")[:64]
         description = str(payload.get("error_description") or "")[:200]
         message = f"{error}: {description}" if description else error
-        raise ProviderError(message, status=response.status_code, error=error,
-                            retry_after=_retry_after(response))
-    expires_in = payload.get("expires_in")
+        raise ProviderError(message, status=answer.status, error=error,
+                            retry_after=retry_after_seconds(answer.headers.get("Retry-After")))
+    try:
+        expires_in = int(payload["expires_in"]) if payload.get("expires_in") is not None else None
+    except (TypeError, ValueError):
+        raise ProviderError("invalid expires_in in the token answer", status=answer.status,
+                            error="invalid_response") from None
     scope = payload.get("scope")
+    refresh_token = payload.get("refresh_token")
     return TokenSet(
-        access_token=str(payload["access_token"]),
+        access_token=payload["access_token"],
         token_type=str(payload.get("token_type") or "Bearer"),
-        refresh_token=payload.get("refresh_token"),
-        expires_in=int(expires_in) if expires_in is not None else None,
+        refresh_token=refresh_token if isinstance(refresh_token, str) and refresh_token else None,
+        expires_in=expires_in,
         scopes=scope.split() if isinstance(scope, str) else None,
     )
 
@@ -165,14 +199,3 @@ def exchange_code(client: OAuthClient, *, code: str, redirect_uri: str, code_ver
 def refresh(client: OAuthClient, *, refresh_token: str, timeout: float) -> TokenSet:
     """The refresh-token grant."""
     return request_token(client, {"grant_type": "refresh_token", "refresh_token": refresh_token}, timeout)
-
-
-def revoke(client: OAuthClient, *, token: str, token_type_hint: str, timeout: float) -> None:
-    """RFC 7009 revocation; a 200 is success, anything else raises."""
-    if not client.revoke_url:
-        return
-    body, headers = _authenticated(client, {"token": token, "token_type_hint": token_type_hint})
-    response = _post(client.revoke_url, body, headers, timeout)
-    if response.status_code != 200:
-        raise ProviderError(f"revoke answered {response.status_code}", status=response.status_code,
-                            retry_after=_retry_after(response))

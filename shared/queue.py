@@ -4,12 +4,17 @@ The web only sends tasks by name; it never imports the task code."""
 from __future__ import annotations
 
 from celery import Celery
+from kombu import Queue
 
 from shared.config import Settings
 
 EXCHANGE_CODE = "connect.exchange_code"
 REFRESH_CONNECTION = "tokens.refresh_connection"
 SWEEP_DUE = "tokens.sweep_due"
+# Work someone waits for (a browser, an API call) goes to its own queue, so that it
+# is never stuck behind the sweep's backlog; workers consume both.
+INTERACTIVE_QUEUE = "interactive"
+DEFAULT_QUEUE = "celery"
 
 
 def build_celery(settings: Settings, name: str = "oauth") -> Celery:
@@ -27,6 +32,8 @@ def build_celery(settings: Settings, name: str = "oauth") -> Celery:
         "unacked_restore_throttle": 1,
     }
     app.conf.update(
+        task_queues=(Queue(INTERACTIVE_QUEUE), Queue(DEFAULT_QUEUE)),
+        task_default_queue=DEFAULT_QUEUE,
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import redis
 from celery import Celery
 
-from shared.queue import REFRESH_CONNECTION
+from shared.queue import INTERACTIVE_QUEUE, REFRESH_CONNECTION
 
 # Longer than a queued refresh normally waits plus its retries; after a crash the
 # marker expires and the next sweep queues the connection again.
@@ -38,7 +38,8 @@ def request_refresh(client: redis.Redis, celery: Celery, connection_id: str, see
     if not claim(client, [connection_id]):
         return False
     kwargs = {"seen": seen} if seen is not None else {}
-    celery.send_task(REFRESH_CONNECTION, args=[connection_id], kwargs=kwargs, ignore_result=True)
+    celery.send_task(REFRESH_CONNECTION, args=[connection_id], kwargs=kwargs, queue=INTERACTIVE_QUEUE,
+                     ignore_result=True)
     return True
 
 
@@ -50,6 +51,13 @@ def is_queued(client: redis.Redis, connection_id: str) -> bool:
 def keep_queued(client: redis.Redis, connection_id: str) -> None:
     """Extend the marker while a retry is pending."""
     client.set(queued_key(connection_id), 1, ex=QUEUED_TTL_SECONDS)
+
+
+def hold(client: redis.Redis, connection_id: str, seconds: float) -> None:
+    """Keep the connection from being queued for a while (a long Retry-After), and
+    wake whoever waits on it."""
+    client.pipeline(transaction=False).set(queued_key(connection_id), 1, ex=max(1, round(seconds))).publish(
+        UPDATES_CHANNEL, connection_id).execute()
 
 
 def finish(client: redis.Redis, connection_id: str) -> None:

@@ -41,6 +41,16 @@ def refresh_mark(connection: Connection) -> str:
     return connection.last_refreshed_at.isoformat() if connection.last_refreshed_at else "never"
 
 
+def needs_refresh(connection: Connection, seen: str | None, margin_seconds: int) -> bool:
+    """Whether a refresh should (still) happen: a forced one until a refresh lands
+    after the mark `seen` was read, any other while the connection is due."""
+    if connection.status != "active":
+        return False
+    if seen is not None:
+        return refresh_mark(connection) == seen
+    return is_due(connection, margin_seconds)
+
+
 def token_values(tokens: TokenSet, cipher: Cipher, now: datetime | None = None) -> dict[str, Any]:
     """Column values for a fresh token response; a response without a refresh
     token keeps the stored one (the key is left out)."""

@@ -1,10 +1,22 @@
 """The thin Flask front end: browser flow, tenant API, operations and (in dev) the sandbox."""
 from __future__ import annotations
 
-from flask import Flask, current_app
+from typing import Any
+
+from flask import Flask, current_app, request
+from werkzeug.exceptions import HTTPException
 
 from shared.config import Settings, get_settings
 from shared.runtime import Runtime, build_runtime
+from web.updates import UpdateListener
+
+
+class App(Flask):
+    """Flask, logging a failed request by its route: a connect link's path is its token."""
+
+    def log_exception(self, exc_info: Any) -> None:
+        rule = request.url_rule.rule if request.url_rule else "(no route)"
+        self.logger.error("Exception on %s [%s]", rule, request.method, exc_info=exc_info)
 
 
 def create_app(settings: Settings | None = None, runtime_: Runtime | None = None) -> Flask:
@@ -12,16 +24,18 @@ def create_app(settings: Settings | None = None, runtime_: Runtime | None = None
 
     Tests may pass a ready runtime (for instance one over fakeredis)."""
     settings = runtime_.settings if runtime_ else settings or get_settings()
-    app = Flask(__name__)
+    app = App(__name__)
     app.config.update(SECRET_KEY=settings.secret_key, MAX_CONTENT_LENGTH=256 * 1024)
     app.json.sort_keys = False  # type: ignore[attr-defined]  # fields in the documented order
-    app.extensions["runtime"] = runtime_ or build_runtime(settings)
+    rt = app.extensions["runtime"] = runtime_ or build_runtime(settings)
+    app.extensions["updates"] = UpdateListener(rt.redis)
 
     from web import api, cli, connect, ops
 
     app.register_blueprint(connect.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(ops.bp)
+    app.register_error_handler(HTTPException, api.api_http_error)
     if settings.sandbox_provider:
         from web import sandbox
 

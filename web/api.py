@@ -40,10 +40,15 @@ def _api_error(error: ApiError) -> Response:
     return error.response()
 
 
-@bp.errorhandler(HTTPException)
-def _http_error(error: HTTPException) -> Response:
+def api_http_error(error: HTTPException) -> Response | HTTPException:
+    """Errors under /api/ answer JSON too, including unknown paths (404) and methods (405)."""
+    if not request.path.startswith(bp.url_prefix or "/api/"):
+        return error
     code = (error.name or "error").lower().replace(" ", "_")
-    return ApiError(error.code or 500, code, error.description or error.name).response()
+    response = ApiError(error.code or 500, code, error.description or error.name).response()
+    if error.code == 405 and error.valid_methods:  # type: ignore[attr-defined]
+        response.headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
+    return response
 
 
 def _body(model: type[Model]) -> Model:
@@ -71,6 +76,9 @@ def _owned(session: Session, model: type[Any], id_: str, what: str) -> Any:
 def create_integration() -> tuple[Response, int]:
     body = _body(IntegrationIn)
     rt = runtime()
+    if body.provider == "sandbox" and not rt.settings.sandbox_provider:
+        raise ApiError(422, "invalid_fields", "provider 'sandbox' needs SANDBOX_PROVIDER on",
+                       details=[{"field": "provider", "message": "the sandbox provider is off"}])
     urls = default_urls(body.provider, rt.settings.public_base_url)
     given = {"authorize_url": body.authorize_url, "token_url": body.token_url, "revoke_url": body.revoke_url,
              "issuer": body.issuer}
@@ -149,7 +157,10 @@ def _cursor(connection: Connection) -> str:
 def _after(cursor: str) -> tuple[datetime, str]:
     try:
         created, id_ = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return datetime.fromisoformat(created), str(id_)
+        after = datetime.fromisoformat(created)
+        if after.tzinfo is None:
+            raise ValueError("naive time")
+        return after, str(id_)
     except (ValueError, TypeError):
         raise ApiError(400, "invalid_cursor", "the cursor is not one this API returned") from None
 

@@ -11,11 +11,12 @@ from flask import Blueprint, Response, make_response, redirect, render_template,
 from sqlalchemy import select, update
 
 from shared import pkce
+from shared.attempts import expire_if_stale
 from shared.crypto import digest, new_secret, same
 from shared.models import ConnectAttempt, ConnectSession, Integration, utcnow
 from shared.nonces import STATE_TTL_SECONDS, PendingState
 from shared.providers import build_authorize_url
-from shared.queue import EXCHANGE_CODE
+from shared.queue import EXCHANGE_CODE, INTERACTIVE_QUEUE
 from web import runtime
 
 bp = Blueprint("connect", __name__)
@@ -122,7 +123,7 @@ def callback() -> Response | tuple[str, int]:
         else:
             rt.codes.put(attempt.id, args["code"], pending.code_verifier)
     if not error:
-        rt.celery.send_task(EXCHANGE_CODE, args=[attempt.id], ignore_result=True)
+        rt.celery.send_task(EXCHANGE_CODE, args=[attempt.id], queue=INTERACTIVE_QUEUE, ignore_result=True)
     return redirect(f"/connect/attempts/{attempt.id}", 303)
 
 
@@ -142,6 +143,8 @@ def attempt_status(attempt_id: str) -> Response | tuple[str, int]:
     """The attempt as JSON, or a page that refreshes until it ends and then returns to the app."""
     with runtime().db.session() as session:
         attempt = session.get(ConnectAttempt, attempt_id)
+        if attempt is not None:
+            expire_if_stale(session, attempt)
         connect_session = session.get(ConnectSession, attempt.session_id) if attempt else None
     wants_json = request.accept_mimetypes.best_match(["text/html", "application/json"]) == "application/json"
     if attempt is None or connect_session is None:

@@ -6,9 +6,9 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-RESERVED_AUTHORIZE_PARAMS = frozenset(
-    {"response_type", "client_id", "redirect_uri", "state", "code_challenge", "code_challenge_method"}
-)
+# Set by the service on every authorize URL; a tenant overriding one would break the flow.
+RESERVED_AUTHORIZE_PARAMS = frozenset({"response_type", "response_mode", "client_id", "redirect_uri", "scope",
+                                       "state", "code_challenge", "code_challenge_method"})
 
 
 def _absolute_http_url(value: str | None) -> str | None:

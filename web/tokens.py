@@ -9,7 +9,7 @@ from flask import current_app
 
 from shared import refreshes
 from shared.models import Connection, utcnow
-from shared.tokens import is_due, refresh_mark
+from shared.tokens import is_due, needs_refresh, refresh_mark
 from web import runtime
 from web.errors import ApiError
 from web.serializers import iso
@@ -21,10 +21,7 @@ POLL_SECONDS = 0.5
 
 def listener() -> UpdateListener:
     """The process's update listener."""
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    if "updates" not in app.extensions:
-        app.extensions["updates"] = UpdateListener(runtime().redis)
-    return app.extensions["updates"]
+    return current_app.extensions["updates"]
 
 
 def _usable(connection: Connection) -> None:
@@ -38,7 +35,7 @@ def token_json(connection: Connection) -> dict[str, Any]:
     """The current access token of a usable connection, or the 409 that says why not."""
     _usable(connection)
     return {
-        "access_token": runtime().cipher.decrypt(connection.access_token_enc or ""),
+        "access_token": runtime().cipher.decrypt(connection.access_token_enc),  # type: ignore[arg-type]
         "token_type": connection.token_type,
         "expires_at": iso(connection.expires_at),
         "scopes": connection.scopes,
@@ -60,19 +57,11 @@ def fresh_token(connection: Connection, force: bool) -> dict[str, Any]:
     if not force and not is_due(connection, margin):
         return token_json(connection)
     seen = refresh_mark(connection) if force else None
-
-    def done(current: Connection) -> bool:
-        if current.status != "active":
-            return True
-        if seen is not None:
-            return refresh_mark(current) != seen
-        return not is_due(current, margin)
-
     deadline = time.monotonic() + rt.settings.token_wait_seconds
     with listener().watch(connection.id) as updated:
         current = connection
         while True:
-            if done(current):
+            if not needs_refresh(current, seen, margin):
                 return token_json(current)
             if not refreshes.is_queued(rt.redis, connection.id):
                 refreshes.request_refresh(rt.redis, rt.celery, connection.id, seen)

@@ -19,7 +19,7 @@ celery.conf.update(
     # Tasks spend their time waiting on providers and the database: threads
     # give many concurrent calls per process at little memory.
     worker_pool="threads",
-    worker_concurrency=32,
+    worker_concurrency=settings.worker_concurrency,
     beat_schedule={
         "sweep-due": {
             "task": SWEEP_DUE,

@@ -5,7 +5,8 @@ import logging
 
 from sqlalchemy.orm import Session
 
-from shared.models import ConnectAttempt, Connection, ConnectSession, Integration, utcnow
+from shared.attempts import finish_attempt
+from shared.models import ConnectAttempt, Connection, ConnectSession, Integration
 from shared.providers import OAuthClient, ProviderError, TokenSet, exchange_code as post_code
 from shared.queue import EXCHANGE_CODE
 from shared.runtime import Runtime
@@ -13,6 +14,7 @@ from shared.tokens import fenced_update, record_event, token_values
 from worker.app import celery, runtime
 
 log = logging.getLogger(__name__)
+REAUTH_WRITE_ATTEMPTS = 5
 
 
 def oauth_client(rt: Runtime, integration: Integration) -> OAuthClient:
@@ -22,30 +24,23 @@ def oauth_client(rt: Runtime, integration: Integration) -> OAuthClient:
         client_secret=rt.cipher.decrypt(integration.client_secret_enc),
         token_url=integration.token_url,
         auth_method=integration.token_auth_method,
-        revoke_url=integration.revoke_url,
     )
-
-
-def _finish(session: Session, attempt_id: str, status: str, *, error: str | None = None,
-            connection_id: str | None = None) -> None:
-    attempt = session.get(ConnectAttempt, attempt_id)
-    assert attempt is not None
-    attempt.status, attempt.error, attempt.connection_id = status, error, connection_id
-    attempt.finished_at = utcnow()
 
 
 def _store(rt: Runtime, session: Session, connect_session: ConnectSession, tokens: TokenSet) -> str:
     """Create the connection, or re-authorize the one the session names; return its id."""
     values = token_values(tokens, rt.cipher)
     if connect_session.connection_id:
-        # The row is locked (on PostgreSQL), so the fence holds; it also makes a
-        # refresh of the old grant that lands later drop its answer.
-        connection = session.get(Connection, connect_session.connection_id, with_for_update=True)
-        assert connection is not None
-        if not fenced_update(session, connection.id, connection.version, values):
-            raise RuntimeError(f"connection {connection.id} changed under its row lock")
-        record_event(session, connection, "reauthorized")
-        return connection.id
+        # The new grant wins over anything written meanwhile; the version bump also
+        # makes a refresh of the old grant that lands later drop its answer.
+        for _ in range(REAUTH_WRITE_ATTEMPTS):
+            connection = session.get(Connection, connect_session.connection_id, with_for_update=True,
+                                     populate_existing=True)
+            assert connection is not None
+            if fenced_update(session, connection.id, connection.version, values):
+                record_event(session, connection, "reauthorized")
+                return connection.id
+        raise RuntimeError(f"connection {connect_session.connection_id} kept changing during re-authorization")
     values.setdefault("scopes", [])
     connection = Connection(tenant_id=connect_session.tenant_id, integration_id=connect_session.integration_id,
                             end_user_id=connect_session.end_user_id, **values)
@@ -69,7 +64,7 @@ def exchange_code(attempt_id: str) -> None:
     except Exception:
         # Never leave the browser polling a pending attempt forever.
         with rt.db.session() as session:
-            _finish(session, attempt_id, "failed", error="server_error")
+            finish_attempt(session, attempt_id, "failed", error="server_error")
         raise
 
 
@@ -86,7 +81,7 @@ def _exchange(rt: Runtime, attempt_id: str) -> None:
     taken = rt.codes.take(attempt_id)
     if taken is None:
         with rt.db.session() as session:
-            _finish(session, attempt_id, "failed", error="exchange_interrupted")
+            finish_attempt(session, attempt_id, "failed", error="exchange_interrupted")
         return
     code, verifier = taken
     try:
@@ -95,9 +90,9 @@ def _exchange(rt: Runtime, attempt_id: str) -> None:
     except ProviderError as error:
         log.warning("exchange for attempt %s failed: %s", attempt_id, error.error)
         with rt.db.session() as session:
-            _finish(session, attempt_id, "failed", error=error.error or "exchange_failed")
+            finish_attempt(session, attempt_id, "failed", error=error.error or "exchange_failed")
         return
     with rt.db.session() as session:
         connection_id = _store(rt, session, connect_session, tokens)
-        _finish(session, attempt_id, "succeeded", connection_id=connection_id)
+        finish_attempt(session, attempt_id, "succeeded", connection_id=connection_id)
     log.info("attempt %s connected %s", attempt_id, connection_id)

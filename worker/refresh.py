@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from celery import Celery, Task
+from redis.exceptions import LockNotOwnedError
 from sqlalchemy import select, tuple_
-from sqlalchemy.orm import Session
 
 from shared import refreshes
 from shared.locks import RefreshLock
@@ -20,8 +20,7 @@ from shared.models import Connection, Integration, utcnow
 from shared.providers import ProviderError, refresh as post_refresh
 from shared.queue import REFRESH_CONNECTION, SWEEP_DUE
 from shared.runtime import Runtime
-from shared.tokens import (Failure, classify, due_at, fenced_update, is_due, record_event, refresh_mark,
-                           token_values)
+from shared.tokens import Failure, classify, due_at, fenced_update, needs_refresh, record_event, token_values
 from worker.app import celery, runtime
 from worker.exchange import oauth_client
 
@@ -38,25 +37,12 @@ class Outcome:
 
     name: str
     retry_in: float | None = None
+    hold_for: float | None = None  # keep anyone from queueing it again this long
 
 
 def backoff(retries: int) -> float:
     """Exponential backoff with jitter: about 1 s, 2 s, 4 s … capped."""
     return min(2.0**retries, 30.0) * random.uniform(0.5, 1.0)
-
-
-def _load(session: Session, connection_id: str) -> Connection | None:
-    return session.get(Connection, connection_id)
-
-
-def _wanted(connection: Connection | None, seen: str | None, margin: int) -> bool:
-    """Whether the connection still needs this refresh (re-read under the lock): a
-    forced one unless another refresh landed since `seen`, else only when due."""
-    if connection is None or connection.status != "active":
-        return False
-    if seen is not None:
-        return refresh_mark(connection) == seen
-    return is_due(connection, margin)
 
 
 def _record_failure(rt: Runtime, connection: Connection, error: ProviderError, retries: int) -> Outcome:
@@ -75,7 +61,9 @@ def _record_failure(rt: Runtime, connection: Connection, error: ProviderError, r
             record_event(session, connection, "refresh_failed", message)
     if failure is Failure.RATE_LIMITED:
         wait = error.retry_after if error.retry_after is not None else backoff(retries)
-        return Outcome("rate_limited", min(wait, MAX_COUNTDOWN_SECONDS))
+        if wait > MAX_COUNTDOWN_SECONDS:
+            return Outcome("rate_limited", hold_for=wait)  # no retry; nobody asks again before then
+        return Outcome("rate_limited", wait)
     return Outcome("failed", backoff(retries))
 
 
@@ -83,10 +71,9 @@ def refresh_once(rt: Runtime, connection_id: str, seen: str | None, retries: int
     """One refresh, to be called under the connection's lock."""
     settings = rt.settings
     with rt.db.session() as session:
-        connection = _load(session, connection_id)
-        if not _wanted(connection, seen, settings.refresh_margin_seconds):
+        connection = session.get(Connection, connection_id)
+        if connection is None or not needs_refresh(connection, seen, settings.refresh_margin_seconds):
             return Outcome("not_needed")
-        assert connection is not None
         integration = session.get(Integration, connection.integration_id)
         client = oauth_client(rt, integration)
     if not connection.refresh_token_enc:
@@ -124,17 +111,31 @@ def refresh_connection(self: Task, connection_id: str, seen: str | None = None) 
             return "lock_busy"
         refreshes.keep_queued(rt.redis, connection_id)
         raise self.retry(countdown=lock.remaining_seconds() + random.uniform(0.05, 0.25))
+    outcome = Outcome("error")
+    retrying = False
     try:
         outcome = refresh_once(rt, connection_id, seen, self.request.retries)
     finally:
-        if lock.owned():
-            lock.release()
-    if outcome.retry_in is not None and self.request.retries < self.max_retries:
-        refreshes.keep_queued(rt.redis, connection_id)
-        refreshes.announce(rt.redis, connection_id)
+        _release(lock)
+        # Whatever happened, the marker and the waiters are settled here.
+        retrying = outcome.retry_in is not None and self.request.retries < self.max_retries
+        if retrying:
+            refreshes.keep_queued(rt.redis, connection_id)
+            refreshes.announce(rt.redis, connection_id)
+        elif outcome.hold_for:
+            refreshes.hold(rt.redis, connection_id, outcome.hold_for)
+        else:
+            refreshes.finish(rt.redis, connection_id)
+    if retrying:
         raise self.retry(countdown=outcome.retry_in)
-    refreshes.finish(rt.redis, connection_id)
     return outcome.name
+
+
+def _release(lock: RefreshLock) -> None:
+    try:
+        lock.release()
+    except LockNotOwnedError:
+        log.warning("%s expired before its holder released it", lock.name)
 
 
 def sweep(rt: Runtime, app: Celery, batch: int = SWEEP_BATCH) -> int:

@@ -1,6 +1,8 @@
 """The tenant API's answers to good and bad input (Flask test client, fakeredis, in-memory SQLite)."""
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -147,3 +149,30 @@ def test_bad_list_parameters_are_400(api: Api) -> None:
 def test_the_token_of_a_connection_needing_reauth_is_409(api: Api) -> None:
     [connection_id] = _connections(api, 1, status="needs_reauth")
     _error(api("GET", f"/connections/{connection_id}/token"), 409, "needs_reauth")
+
+
+def test_unknown_api_paths_and_methods_answer_json(api: Api) -> None:
+    _error(api("GET", "/nothing-here"), 404, "not_found")
+    response = api("DELETE", "/integrations")
+    _error(response, 405, "method_not_allowed")
+    assert "POST" in response.headers["Allow"]
+
+
+def test_a_cursor_with_a_naive_time_is_400(api: Api) -> None:
+    cursor = base64.urlsafe_b64encode(json.dumps(["2026-01-01T00:00:00", "conn_x"]).encode()).decode()
+    _error(api("GET", "/connections", query_string={"cursor": cursor}), 400, "invalid_cursor")
+
+
+@pytest.mark.parametrize("name", ["scope", "response_mode", "redirect_uri", "code_challenge"])
+def test_extra_authorize_params_cannot_override_the_flow(api: Api, name: str) -> None:
+    body = {**INTEGRATION, "extra_authorize_params": {name: "x", "prompt": "consent"}}
+    assert name in _error(api("POST", "/integrations", json=body), 422, "invalid_fields")["message"]
+
+
+def test_sandbox_integrations_need_the_sandbox_on(memory_runtime: Runtime) -> None:
+    memory_runtime.settings = memory_runtime.settings.model_copy(update={"sandbox_provider": False})
+    app = create_app(runtime_=memory_runtime)
+    with memory_runtime.db.session() as session:
+        _, key = create_tenant(session, "acme")
+    response = Api(app.test_client(), key)("POST", "/integrations", json={**INTEGRATION, "provider": "sandbox"})
+    assert _error(response, 422, "invalid_fields")["details"][0]["field"] == "provider"
