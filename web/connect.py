@@ -22,7 +22,7 @@ from web import runtime
 bp = Blueprint("connect", __name__)
 
 BINDING_COOKIE = "connect_binding"
-_ERROR_CODE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_ERROR_CODE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # No referrer leaves these pages (the callback URL carries the code), and nothing
 # is loaded from anywhere but inline styles.
 PAGE_HEADERS = {
@@ -85,7 +85,7 @@ def start(token: str) -> Response | tuple[str, int]:
 
 
 def _provider_error(value: str) -> str:
-    return value if _ERROR_CODE.match(value) else "provider_error"
+    return value if _ERROR_CODE.fullmatch(value) else "provider_error"
 
 
 @bp.get("/oauth/callback")
