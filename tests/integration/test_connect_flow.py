@@ -1,6 +1,9 @@
 """The connect flow end to end: browser, web, Redis, worker processes and the sandbox provider."""
 from __future__ import annotations
 
+import base64
+import json
+from collections.abc import Callable, Iterator
 from urllib.parse import parse_qs, parse_qsl, urlsplit
 
 import pytest
@@ -164,6 +167,54 @@ def test_callback_and_status_pages_leak_no_referrer(stack: Stack) -> None:
         assert loader not in page.text
 
 
+def _kombu_bodies(raw: str) -> list[str]:
+    """The decoded bodies of the Celery messages in a Redis value: the broker keeps a
+    message's body base64-encoded (queued messages as the envelope, unacked ones as
+    [envelope, exchange, routing_key]), so a plain scan would miss what it carries."""
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return []
+    found: list[str] = []
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, list):
+            todo.extend(item)
+        elif isinstance(item, dict):
+            body = item.get("body")
+            if isinstance(body, str) and (item.get("properties") or {}).get("body_encoding") == "base64":
+                found.append(base64.b64decode(body).decode(errors="replace"))
+            todo.extend(v for v in item.values() if isinstance(v, (list, dict)))
+    return found
+
+
+def _redis_values(stack: Stack) -> list[str]:
+    """Every key and value of the stack's Redis database, Celery message bodies decoded."""
+    chunks: list[str] = []
+    r = stack.runtime.redis
+    for key in r.scan_iter(count=1000):
+        kind = r.type(key).decode()
+        chunks.append(key.decode(errors="replace"))
+        values: list[str] = []
+        if kind == "string":
+            values.append(r.get(key).decode(errors="replace"))
+        elif kind == "hash":
+            for k, v in r.hgetall(key).items():
+                values.extend([k.decode(errors="replace"), v.decode(errors="replace")])
+        elif kind == "list":
+            values.extend(v.decode(errors="replace") for v in r.lrange(key, 0, -1))
+        elif kind in ("set", "zset"):
+            members = r.smembers(key) if kind == "set" else r.zrange(key, 0, -1)
+            values.extend(m.decode(errors="replace") for m in members)
+        elif kind == "stream":
+            values.extend(repr(entry) for entry in r.xrange(key))
+        for value in values:
+            chunks.append(value)
+            chunks.extend(_kombu_bodies(value))
+    return chunks
+
+
 def _everything_stored(stack: Stack) -> str:
     """Every value in every table and every Redis key of the tests' database, as one text."""
     chunks: list[str] = []
@@ -171,31 +222,68 @@ def _everything_stored(stack: Stack) -> str:
         for table in inspect(connection).get_table_names():
             for row in connection.execute(text(f"SELECT * FROM {table}")):
                 chunks.extend(str(value) for value in row)
-    r = stack.runtime.redis
-    for key in r.scan_iter(count=1000):
-        kind = r.type(key).decode()
-        chunks.append(key.decode(errors="replace"))
-        if kind == "string":
-            chunks.append(r.get(key).decode(errors="replace"))
-        elif kind == "hash":
-            chunks.extend(f"{k!r}{v!r}" for k, v in r.hgetall(key).items())
-        elif kind == "list":
-            chunks.extend(v.decode(errors="replace") for v in r.lrange(key, 0, -1))
-        elif kind in ("set", "zset"):
-            members = r.smembers(key) if kind == "set" else r.zrange(key, 0, -1)
-            chunks.extend(m.decode(errors="replace") for m in members)
+    chunks.extend(_redis_values(stack))
     return "\n".join(chunks)
 
 
-def test_no_token_code_or_secret_is_stored_in_plaintext(stack: Stack) -> None:
+def _queued_exchanges(stack: Stack) -> list[list]:
+    """The args of every `connect.exchange_code` message waiting in a queue."""
+    r = stack.runtime.redis
+    found = []
+    for key in r.scan_iter(count=1000):
+        if r.type(key) != b"list":
+            continue
+        for raw in r.lrange(key, 0, -1):
+            try:
+                envelope = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(envelope, dict) and (envelope.get("headers") or {}).get("task") == "connect.exchange_code":
+                found.append(json.loads(_kombu_bodies(raw.decode())[0])[0])
+    return found
+
+
+@pytest.fixture(scope="module")
+def idle_stack(stack_factory: Callable[..., Stack]) -> Iterator[Stack]:
+    """A system with no worker yet, so that a queued message stays in Redis to be read."""
+    stack = stack_factory(workers=0)
+    try:
+        yield stack
+    finally:
+        stack.stop_all()
+
+
+def test_no_token_code_or_secret_is_stored_in_plaintext(idle_stack: Stack) -> None:
     from shared.models import Connection
 
+    stack = idle_stack
     tenant = stack.tenant()
     client, integration = tenant.sandbox_integration()
+    connect_url = tenant.connect_url(integration["id"])
+    connect_token = urlsplit(connect_url).path.rsplit("/", 1)[1]
     browser = Browser(stack)
-    callback_url = browser.decide(browser.open_connect(tenant.connect_url(integration["id"])))
+    authorize_url = browser.open_connect(connect_url)
+    state = dict(parse_qsl(urlsplit(authorize_url).query))["state"]
+    sealed = stack.runtime.redis.get(f"state:{state}")
+    assert sealed is not None
+    verifier = json.loads(stack.runtime.cipher.decrypt(sealed.decode()))["code_verifier"]
+    callback_url = browser.decide(authorize_url)
     code = dict(parse_qsl(urlsplit(callback_url).query))["code"]
-    attempt = browser.attempt(browser.callback(callback_url).headers["Location"])
+    response = browser.callback(callback_url)
+    assert response.status_code == 303, response.text
+    attempt_id = response.headers["Location"].rsplit("/", 1)[1]
+
+    # No worker runs: the exchange waits in the broker, carrying the attempt id alone.
+    assert _queued_exchanges(stack) == [[attempt_id]]
+    queued = _everything_stored(stack)
+    for secret in (code, verifier, connect_token):
+        assert len(secret) >= 16
+        assert secret not in queued
+
+    stack.start_worker("w1")
+    attempt = browser.attempt(response.headers["Location"], timeout=30)
+    assert attempt["status"] == "succeeded", attempt
+    assert _queued_exchanges(stack) == []
     access_token = tenant.call("GET", f"/connections/{attempt['connection_id']}/token").json()["access_token"]
     with stack.runtime.db.session() as session:
         stored = session.scalar(select(Connection).where(Connection.id == attempt["connection_id"]))
@@ -203,10 +291,25 @@ def test_no_token_code_or_secret_is_stored_in_plaintext(stack: Stack) -> None:
 
     everything = _everything_stored(stack)
     logs = "\n".join(process.output() for process in stack.processes)
-    for secret in (access_token, refresh_token, code, client["client_secret"], tenant.api_key):
+    assert "w1" in [process.name for process in stack.processes] and "web" in [p.name for p in stack.processes]
+    for secret in (access_token, refresh_token, code, verifier, connect_token, client["client_secret"],
+                   tenant.api_key):
         assert len(secret) >= 16
         assert secret not in everything
         assert secret not in logs
+
+
+def test_the_connect_link_token_never_reaches_a_log(stack: Stack) -> None:
+    tenant = stack.tenant()
+    _, integration = tenant.sandbox_integration()
+    connect_url = tenant.connect_url(integration["id"])
+    connect_token = urlsplit(connect_url).path.rsplit("/", 1)[1]
+    Browser(stack).open_connect(connect_url)
+    requests.get(connect_url, allow_redirects=False, timeout=5)  # a second, refused, opening is logged too
+    web = next(process for process in stack.processes if process.name == "web")
+    wait_for(lambda: "GET /connect/" in web.output(), timeout=5, what="the web's access log line")
+    logs = "\n".join(process.output() for process in stack.processes)
+    assert connect_token not in logs
 
 
 def test_a_tenant_cannot_see_another_tenants_resources(stack: Stack) -> None:
@@ -225,3 +328,14 @@ def test_a_tenant_cannot_see_another_tenants_resources(stack: Stack) -> None:
     assert stranger.call("GET", "/connections").json()["data"] == []
     session = stranger.call("POST", "/connect-sessions", json={"integration_id": integration["id"], "end_user_id": "x"})
     assert session.status_code == 404
+
+    refreshed = stranger.call("POST", f"/connections/{connection_id}/refresh")
+    assert refreshed.status_code == 404
+    assert refreshed.json()["error"]["code"] == "not_found"
+    # With an integration of its own, the stranger still cannot re-authorize the owner's connection.
+    _, own_integration = stranger.sandbox_integration()
+    reauth = stranger.call("POST", "/connect-sessions", json={"integration_id": own_integration["id"],
+                                                              "end_user_id": "x", "connection_id": connection_id})
+    assert reauth.status_code == 404, reauth.text
+    assert reauth.json()["error"]["code"] == "not_found"
+    assert owner.call("GET", f"/connections/{connection_id}/events").json()["data"][-1]["type"] == "created"

@@ -1,0 +1,149 @@
+"""The Flask CLI (`flask --app web …`): `tenants create NAME` and `keys rotate`."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import inspect, select, text
+
+from shared.crypto import Cipher, digest, new_fernet_key
+from shared.models import Connection, Integration, Tenant
+from shared.runtime import Runtime
+from tests.conftest import make_settings
+from web import create_app
+
+ACCESS_TOKEN = "access-token-value-0123456789"
+REFRESH_TOKEN = "refresh-token-value-0123456789"
+CLIENT_SECRET = "client-secret-value-0123456789"
+WEBHOOK_SECRET = "webhook-secret-value-0123456789"
+
+
+def everything_stored(rt: Runtime) -> str:
+    """Every value of every table, as one text."""
+    chunks: list[str] = []
+    with rt.db.engine.connect() as connection:
+        for table in inspect(connection).get_table_names():
+            for row in connection.execute(text(f"SELECT * FROM {table}")):
+                chunks.extend(str(value) for value in row)
+    return "\n".join(chunks)
+
+
+def test_tenants_create_prints_one_json_object_and_stores_only_the_hash(memory_runtime: Runtime) -> None:
+    runner = create_app(runtime_=memory_runtime).test_cli_runner()
+    result = runner.invoke(args=["tenants", "create", "Acme Corp"])
+    assert result.exit_code == 0, result.output
+
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    printed = json.loads(lines[0])
+    assert set(printed) == {"id", "name", "api_key"}
+    assert printed["name"] == "Acme Corp"
+    api_key = printed["api_key"]
+    assert len(api_key) >= 32
+
+    with memory_runtime.db.session() as session:
+        tenant = session.get(Tenant, printed["id"])
+        assert tenant is not None
+        assert tenant.name == "Acme Corp"
+        assert tenant.api_key_hash == digest(api_key)
+    assert api_key not in everything_stored(memory_runtime)
+
+    # The printed key is the one that works.
+    app = create_app(runtime_=memory_runtime)
+    answer = app.test_client().get("/api/v1/integrations", headers={"Authorization": f"Bearer {api_key}"})
+    assert answer.status_code == 200
+
+
+def test_tenants_create_needs_a_name(memory_runtime: Runtime) -> None:
+    result = create_app(runtime_=memory_runtime).test_cli_runner().invoke(args=["tenants", "create"])
+    assert result.exit_code != 0
+    with memory_runtime.db.session() as session:
+        assert session.scalars(select(Tenant)).all() == []
+
+
+def _seed_under(rt: Runtime) -> dict[str, str]:
+    """A tenant with a webhook secret, an integration (through the API) and a connection with
+    tokens, all encrypted under the runtime's key; returns the ids."""
+    app = create_app(runtime_=rt)
+    printed = json.loads(app.test_cli_runner().invoke(args=["tenants", "create", "acme"]).output)
+    response = app.test_client().post("/api/v1/integrations", headers={"Authorization": f"Bearer {printed['api_key']}"},
+                                      json={"provider": "oauth2", "client_id": "cid", "client_secret": CLIENT_SECRET,
+                                            "scopes": ["a"], "authorize_url": "https://idp.example/authorize",
+                                            "token_url": "https://idp.example/token"})
+    assert response.status_code == 201, response.get_json()
+    integration_id = response.get_json()["id"]
+    with rt.db.session() as session:
+        tenant = session.get(Tenant, printed["id"])
+        tenant.webhook_url = "https://app.example/hooks"
+        tenant.webhook_secret_enc = rt.cipher.encrypt(WEBHOOK_SECRET)
+        connection = Connection(tenant_id=tenant.id, integration_id=integration_id, end_user_id="u", scopes=["a"],
+                                access_token_enc=rt.cipher.encrypt(ACCESS_TOKEN),
+                                refresh_token_enc=rt.cipher.encrypt(REFRESH_TOKEN))
+        # A connection whose tokens were erased (revoked) has nothing to re-encrypt.
+        erased = Connection(tenant_id=tenant.id, integration_id=integration_id, end_user_id="v", scopes=["a"],
+                            status="revoked")
+        session.add_all([connection, erased])
+        session.flush()
+        connection_id = connection.id
+    return {"tenant": printed["id"], "integration": integration_id, "connection": connection_id}
+
+
+def _stored(rt: Runtime, ids: dict[str, str]) -> dict[str, str]:
+    with rt.db.session() as session:
+        tenant = session.get(Tenant, ids["tenant"])
+        integration = session.get(Integration, ids["integration"])
+        connection = session.get(Connection, ids["connection"])
+        return {"webhook": tenant.webhook_secret_enc, "client_secret": integration.client_secret_enc,
+                "access": connection.access_token_enc, "refresh": connection.refresh_token_enc}
+
+
+def _runtime_with_keys(base: Runtime, keys: str) -> Runtime:
+    """A runtime over the same database and Redis, with other encryption keys."""
+    settings = make_settings(token_encryption_keys=keys)
+    return Runtime(settings=settings, db=base.db, redis=base.redis, cipher=Cipher(settings.encryption_keys))
+
+
+def test_keys_rotate_reencrypts_everything_under_the_newest_key(memory_runtime: Runtime) -> None:
+    key_a = memory_runtime.settings.token_encryption_keys
+    assert "," not in key_a
+    ids = _seed_under(memory_runtime)
+    before = _stored(memory_runtime, ids)
+
+    key_b = new_fernet_key()
+    only_b = Cipher([key_b])
+    for value in before.values():
+        with pytest.raises(ValueError):
+            only_b.decrypt(value)
+
+    rotating = _runtime_with_keys(memory_runtime, f"{key_b},{key_a}")
+    result = create_app(runtime_=rotating).test_cli_runner().invoke(args=["keys", "rotate"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert json.loads(lines[0]) == {"reencrypted": 4}
+
+    after = _stored(memory_runtime, ids)
+    plain = {"webhook": WEBHOOK_SECRET, "client_secret": CLIENT_SECRET, "access": ACCESS_TOKEN,
+             "refresh": REFRESH_TOKEN}
+    for name, value in after.items():
+        assert value != before[name], name
+        assert only_b.decrypt(value) == plain[name], name
+        with pytest.raises(ValueError):
+            Cipher([key_a]).decrypt(value)
+
+    # A runtime with only key B reads every value through the application too.
+    only_b_runtime = _runtime_with_keys(memory_runtime, key_b)
+    with only_b_runtime.db.session() as session:
+        for model, column in ((Tenant, "webhook_secret_enc"), (Integration, "client_secret_enc"),
+                              (Connection, "access_token_enc"), (Connection, "refresh_token_enc")):
+            for value in session.scalars(select(getattr(model, column)).where(getattr(model, column).is_not(None))):
+                assert only_b_runtime.cipher.decrypt(value) in plain.values()
+    stored = everything_stored(memory_runtime)
+    for secret in plain.values():
+        assert secret not in stored
+
+
+def test_keys_rotate_with_nothing_stored_prints_zero(memory_runtime: Runtime) -> None:
+    result = create_app(runtime_=memory_runtime).test_cli_runner().invoke(args=["keys", "rotate"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == {"reencrypted": 0}
