@@ -25,11 +25,14 @@ bench: $(STAMP)
 	$(VENV)/bin/python -m bench
 
 ## Validate docker-compose.yml (with placeholder secrets unless they are set).
+## Uses docker-compose where it is installed, else the `docker compose` plugin.
 compose-check:
+	@if command -v docker-compose >/dev/null 2>&1; then compose="docker-compose"; else compose="docker compose"; fi; \
+	echo "$$compose config -q"; \
 	SECRET_KEY="$${SECRET_KEY:-compose-check-secret-key}" \
 	TOKEN_ENCRYPTION_KEYS="$${TOKEN_ENCRYPTION_KEYS:-compose-check-key}" \
 	FLOWER_BASIC_AUTH="$${FLOWER_BASIC_AUTH:-compose:check}" \
-	docker-compose config -q
+	$$compose config -q
 
 ## Remove generated files, including the dev database and its keys under var/ (the venv stays).
 clean:

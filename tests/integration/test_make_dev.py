@@ -6,7 +6,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,17 +17,13 @@ from urllib.parse import parse_qsl, urljoin, urlsplit
 import pytest
 import requests
 
+from shared.local_redis import free_port
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 150
 STOP_TIMEOUT = 20
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def venv_dir() -> Path:
@@ -129,7 +124,9 @@ class Output:
 
 
 @pytest.fixture
-def make_dev(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Output, str]]:
+def make_dev(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Output, str]]:
+    """`make dev` in a fresh copy. Parametrized (indirectly) by where REDIS_URL points:
+    "unset" leaves it out, "dead-port" names a loopback port where nothing listens."""
     checkout = tmp_path / "checkout"
     checkout.mkdir()
     copy_checkout(checkout)
@@ -138,6 +135,8 @@ def make_dev(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Output, 
         pytest.skip(f"no virtual environment at {venv}")
     port = free_port()
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", str(tmp_path)), "PORT": str(port)}
+    if getattr(request, "param", "unset") == "dead-port":
+        env["REDIS_URL"] = f"redis://127.0.0.1:{free_port()}/0"
     # -o: treat the install stamp as up to date, so the shared virtual environment is
     # never re-pointed at this temporary copy.
     process = subprocess.Popen(
@@ -184,13 +183,28 @@ def healthy(base: str) -> bool:
         return False
 
 
-def test_make_dev_runs_the_system_connects_a_sandbox_account_and_stops_on_ctrl_c(make_dev) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("make_dev", ["unset", "dead-port"], indirect=True)
+def test_make_dev_runs_the_system_connects_a_sandbox_account_and_stops_on_ctrl_c(make_dev, request) -> None:  # type: ignore[no-untyped-def]
     process, output, base = make_dev
+    variant = request.node.callspec.params["make_dev"]
 
     wait_for(lambda: healthy(base), START_TIMEOUT, "/healthz", process, output)
     connect_url = wait_for(lambda: output.find(r"^Connect URL: (\S+)"), 60, "the Connect URL line", process, output)
     api_key = output.find(r"^\s*API key:\s+(\S+)")
+    assert api_key, f"the banner shows no API key:\n{output.tail()}"
     assert connect_url.startswith(base + "/connect/"), output.tail()
+    redis_line = output.find(r"^\s*Redis:\s+(.+)$")
+    assert redis_line, output.tail()
+    if variant == "dead-port":
+        # Nothing answers at REDIS_URL: make dev starts a redis-server of its own (or,
+        # where none is installed, the embedded fallback) and says so.
+        if shutil.which("redis-server", path=os.environ.get("PATH")):
+            assert "(redis-server started for this run)" in redis_line, output.tail()
+            assert output.find(r"^dev\s+\| redis: (.*did not answer; started redis-server at .*)$"), output.tail()
+            servers = [pid for pid, cmd in descendants(process.pid).items() if "redis-server" in cmd]
+            assert len(servers) == 1, descendants(process.pid)
+        else:
+            assert "(embedded fakeredis" in redis_line, output.tail()
 
     browser = requests.Session()
     # The connect link sends the browser to the provider (the sandbox).
@@ -225,23 +239,28 @@ def test_make_dev_runs_the_system_connects_a_sandbox_account_and_stops_on_ctrl_c
     assert result["status"] == "succeeded", (result, output.tail())
     assert result["connection_id"]
 
-    if api_key:  # the printed key works, and sees the new connection
-        listed = requests.get(
-            f"{base}/api/v1/connections", headers={"Authorization": f"Bearer {api_key}"}, timeout=10
-        )
-        assert listed.status_code == 200, listed.text
-        assert result["connection_id"] in [c["id"] for c in listed.json()["data"]]
+    # The printed key works, and sees the new connection.
+    listed = requests.get(f"{base}/api/v1/connections", headers={"Authorization": f"Bearer {api_key}"}, timeout=10)
+    assert listed.status_code == 200, listed.text
+    assert result["connection_id"] in [c["id"] for c in listed.json()["data"]]
 
-    # Ctrl-C, as a terminal sends it to the dev runner.
+    # Ctrl-C, as a terminal sends it: to the foreground process group, make's, which
+    # holds make and the dev runner (the runner's children have sessions of their own).
     before = descendants(process.pid)
     runners = [pid for pid, cmd in before.items() if "scripts/dev.py" in cmd]
     assert len(runners) == 1, before
-    os.kill(runners[0], signal.SIGINT)
+    assert _stat(runners[0])[1] == process.pid, "the dev runner is not in make's process group"
+    os.killpg(process.pid, signal.SIGINT)
     try:
         process.wait(timeout=STOP_TIMEOUT)
     except subprocess.TimeoutExpired:
         pytest.fail(f"make dev did not stop within {STOP_TIMEOUT} s of SIGINT:\n{output.tail()}")
-    assert process.returncode == 0, output.tail()
+    time.sleep(0.5)  # let the last lines arrive
+    # The runner stopped everything and exited 0; make itself, interrupted too, dies of
+    # SIGINT after its child has finished (as in a terminal) or exits 0.
+    assert output.find(r"^dev\s+\| (stopped)$"), output.tail()
+    assert not any("Error" in line for line in output.lines if line.startswith("make")), output.tail()
+    assert process.returncode in (0, -signal.SIGINT), (process.returncode, output.tail())
 
     with pytest.raises(ProcessLookupError):
         os.killpg(process.pid, 0)
