@@ -3,6 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: dev test bench compose-check clean
 
@@ -20,9 +21,9 @@ dev: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
-## The benchmarks, with a report of figures.
+## The benchmarks, with a report of figures in bench/report.md (BENCH_ARGS="connect --quick" picks and shortens).
 bench: $(STAMP)
-	$(VENV)/bin/python -m bench
+	$(VENV)/bin/python -m bench $(BENCH_ARGS)
 
 ## Validate docker-compose.yml (with placeholder secrets unless they are set).
 ## Uses docker-compose where it is installed, else the `docker compose` plugin.
