@@ -397,8 +397,12 @@ class Environment:
     def __enter__(self) -> Environment:
         try:
             self._open()
-        except BaseException:
+        except BaseException as error:
             self.close()
+            if isinstance(error, SkipBenchmark):
+                shutil.rmtree(self.tmp, ignore_errors=True)
+            else:
+                say(f"  logs of the processes kept in {self.tmp}")
             raise
         return self
 
