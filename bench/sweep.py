@@ -85,14 +85,14 @@ def _child_run(repeats: int) -> dict:
 
     from shared import refreshes
     from shared.config import get_settings
-    from shared.queue import REFRESH_CONNECTION, build_celery
+    from shared.queue import REFRESH_BATCH, REFRESH_CONNECTION, build_celery
     from shared.runtime import build_runtime
-    from worker.refresh import SWEEP_BATCH, sweep
+    from worker.sweep import SWEEP_BATCH, sweep
 
     settings = get_settings()
     rt = build_runtime(settings)
     app = build_celery(settings, name="bench-sweep")
-    app.conf.task_routes = {REFRESH_CONNECTION: {"queue": THROWAWAY_QUEUE}}
+    app.conf.task_routes = {name: {"queue": THROWAWAY_QUEUE} for name in (REFRESH_BATCH, REFRESH_CONNECTION)}
     rt.celery = app
 
     def reset() -> None:
@@ -104,7 +104,7 @@ def _child_run(repeats: int) -> dict:
     # Warm every connection (database, Redis, broker) and Celery's lazy set-up.
     with rt.db.session() as session:
         session.execute(text("SELECT 1"))
-    app.send_task(REFRESH_CONNECTION, args=["warm-up"], ignore_result=True)
+    app.send_task(REFRESH_BATCH, args=[["warm-up"]], ignore_result=True)
     reset()
 
     def rss_mib() -> float:
@@ -147,21 +147,13 @@ def _child_run(repeats: int) -> dict:
     spent["total"] = time.perf_counter() - began
     refreshes.claim, app.send_task = original_claim, original_send  # type: ignore[method-assign]
 
-    # What if the sweep's messages went without Celery's task-sent events (one extra publish each)?
-    reset()
-    app.conf.task_send_sent_event = False
-    began = time.perf_counter()
-    sweep(rt, app)
-    without_sent_events = time.perf_counter() - began
-    app.conf.task_send_sent_event = True
-
     reset()
     tracemalloc.start()
     sweep(rt, app)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     reset()
-    return {"runs": runs, "breakdown": spent, "without_sent_events": without_sent_events, "tracemalloc_peak_mib": peak / 2**20,
+    return {"runs": runs, "breakdown": spent, "tracemalloc_peak_mib": peak / 2**20,
             "rss_before_mib": rss_before, "rss_growth_first_run_mib": rss_after_first - rss_before,
             "batch": SWEEP_BATCH}
 
@@ -224,12 +216,14 @@ def run(section: Section, quick: bool = False, repeats: int = 3) -> None:
         f"PostgreSQL, connections loaded with COPY (every {round(1 / DUE_FRACTION)}th row due: expired up to "
         f"5 min ago or expiring within the {MARGIN_SECONDS} s margin; the others expire in 30–60 min), "
         "then `VACUUM ANALYZE`; " + "; ".join(load_notes) + f"; final table with indexes: {table_size}",
-        "sweep: `worker.refresh.sweep(runtime, app)` (the function behind `tokens.sweep_due`) in a fresh "
-        f"child process, REFRESH_MARGIN_SECONDS={MARGIN_SECONDS}; its Celery app routes "
-        f"`tokens.refresh_connection` to the throwaway queue `{THROWAWAY_QUEUE}` (deleted after each run, "
-        "with the sweep's `refresh-queued:*` markers, so every run queues every due connection)",
+        "sweep: `worker.sweep.sweep(runtime, app)` (the function behind `tokens.sweep_due`) in a fresh "
+        f"child process, REFRESH_MARGIN_SECONDS={MARGIN_SECONDS}; it claims each due connection's marker and "
+        "queues one `tokens.refresh_batch` message per page of ids (a worker fans each out into "
+        f"`tokens.refresh_connection` tasks); its Celery app routes them to the throwaway queue `{THROWAWAY_QUEUE}` "
+        "(deleted after each run, with the sweep's `refresh-queued:*` markers, so every run queues every due "
+        "connection)",
         f"each size: {repeats} timed runs (median reported, all in the notes), then one run with the "
-        "Redis-side steps timed, one with Celery's task-sent events off (what-if), and one under "
+        "Redis-side steps timed, and one under "
         "tracemalloc for the peak of Python allocations",
     ]
     medians: list[float] = []
@@ -249,10 +243,8 @@ def run(section: Section, quick: bool = False, repeats: int = 3) -> None:
             f"{label}: runs {', '.join(f'{t:.2f} s' for t in times)}; queued "
             f"{', '.join(str(r['queued']) for r in data['runs'])} (messages in the throwaway queue: "
             f"{', '.join(str(r['in_queue']) for r in data['runs'])}); instrumented run {b['total']:.2f} s = "
-            f"send_task {b['send_task']:.2f} s ({b['send_task'] / max(due, 1) * 1000:.2f} ms per message) + "
+            f"send_task {b['send_task']:.2f} s ({b['send_task'] / max(due, 1) * 1000:.3f} ms per due connection) + "
             f"claim markers {b['claim']:.2f} s + database reads and the rest {other:.2f} s; "
-            f"the same sweep with Celery's task-sent events off (`task_send_sent_event=False`, a what-if): "
-            f"{data['without_sent_events']:.2f} s; "
             f"child RSS before sweeping {data['rss_before_mib']:.0f} MiB; batch {data['batch']}")
     if len(results) == 3:
         (small, small_due, _), (large, large_due, _), (_, few_due, _) = results

@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     refresh_lock_seconds: float | None = Field(default=None, gt=0)
     # Threads per worker process (Celery's -c wins when given).
     worker_concurrency: int = Field(default=32, ge=1)
+    # Database connections per process: a request or task holds one only while it
+    # talks to the database (never while it waits on a provider or a refresh), so a
+    # few serve many threads. Mind PostgreSQL's max_connections across processes.
+    db_pool_size: int = Field(default=5, ge=1)
+    db_max_overflow: int = Field(default=5, ge=0)
     # Celery: a task's hard time limit, and the Redis visibility timeout that must
     # stay above it, or a slow task would be handed to a second worker.
     task_time_limit_seconds: int = Field(default=120, ge=5)

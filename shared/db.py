@@ -11,7 +11,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 
-def make_engine(database_url: str) -> Engine:
+def make_engine(database_url: str, pool_size: int = 5, max_overflow: int = 5) -> Engine:
     """An engine for PostgreSQL or SQLite; SQLite gets WAL and a busy timeout
     because web and workers write to the same file. Statement parameters never
     appear in errors or logs."""
@@ -30,16 +30,15 @@ def make_engine(database_url: str) -> Engine:
             cursor.close()
 
         return engine
-    # Enough connections for every worker thread and web thread of a process, so
-    # none waits for one between a provider's answer and the commit.
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=54, hide_parameters=True)
+    return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow,
+                         hide_parameters=True)
 
 
 class Database:
     """One engine and its session factory."""
 
-    def __init__(self, database_url: str) -> None:
-        self.engine = make_engine(database_url)
+    def __init__(self, database_url: str, pool_size: int = 5, max_overflow: int = 5) -> None:
+        self.engine = make_engine(database_url, pool_size, max_overflow)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

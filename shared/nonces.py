@@ -41,6 +41,7 @@ class PendingState:
     """What the callback needs to finish a flow started by `/connect/{token}`."""
 
     session_id: str
+    integration_id: str
     code_verifier: str
     binding_hash: str
 

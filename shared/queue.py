@@ -11,6 +11,7 @@ from shared.config import Settings
 EXCHANGE_CODE = "connect.exchange_code"
 REFRESH_CONNECTION = "tokens.refresh_connection"
 SWEEP_DUE = "tokens.sweep_due"
+REFRESH_BATCH = "tokens.refresh_batch"
 # Work someone waits for (a browser, an API call) goes to its own queue, so that it
 # is never stuck behind the sweep's backlog; workers consume both.
 INTERACTIVE_QUEUE = "interactive"
@@ -52,7 +53,8 @@ def build_celery(settings: Settings, name: str = "oauth") -> Celery:
         result_expires=3600,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
-        task_send_sent_event=True,
-        worker_send_task_events=True,
+        # Task events for Flower come from workers started with -E; a "sent" event
+        # per message would double the cost of queueing.
+        task_send_sent_event=False,
     )
     return app

@@ -36,7 +36,7 @@ def build_runtime(settings: Settings) -> Runtime:
     """Connect to the database and Redis named by the settings."""
     return Runtime(
         settings=settings,
-        db=Database(settings.database_url),
+        db=Database(settings.database_url, settings.db_pool_size, settings.db_max_overflow),
         redis=redis.Redis.from_url(settings.redis_url, health_check_interval=30),
         cipher=Cipher(settings.encryption_keys),
     )

@@ -5,21 +5,25 @@ enqueues the exchange with the attempt id only."""
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from flask import Blueprint, Response, make_response, redirect, render_template, request
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from shared import pkce
 from shared.attempts import expire_if_stale
 from shared.crypto import digest, new_secret, same
-from shared.models import ConnectAttempt, ConnectSession, Integration, utcnow
+from shared.integrations import TargetCache
+from shared.models import ConnectAttempt, ConnectSession, new_id, utcnow
 from shared.nonces import STATE_TTL_SECONDS, PendingState
 from shared.providers import build_authorize_url
 from shared.queue import EXCHANGE_CODE, INTERACTIVE_QUEUE
 from web import runtime
 
 bp = Blueprint("connect", __name__)
+targets = TargetCache()
 
 BINDING_COOKIE = "connect_binding"
 _ERROR_CODE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -48,40 +52,49 @@ def start(token: str) -> Response | tuple[str, int]:
     """Claim the single-use link, remember the state, and send the browser to the provider."""
     rt = runtime()
     now = utcnow()
+    token_hash = digest(token)
     with rt.db.session() as session:
-        connect_session = session.scalar(select(ConnectSession).where(ConnectSession.token_hash == digest(token)))
-        if connect_session is None:
-            return _page(404, "Link not found", "This connect link is not valid. Ask the app for a new one.")
-        if connect_session.expires_at <= now:
-            return _page(410, "Link expired", "This connect link has expired. Ask the app for a new one.")
         claimed = session.execute(
             update(ConnectSession)
-            .where(ConnectSession.id == connect_session.id, ConnectSession.used_at.is_(None))
+            .where(ConnectSession.token_hash == token_hash, ConnectSession.used_at.is_(None),
+                   ConnectSession.expires_at > now)
             .values(used_at=now)
-        ).rowcount
-        if not claimed:
-            return _page(410, "Link already used", "This connect link has been used. Ask the app for a new one.")
-        integration = session.get(Integration, connect_session.integration_id)
-        assert integration is not None
+            .returning(ConnectSession.id, ConnectSession.integration_id)
+        ).first()
+        if claimed is None:
+            return _refused_link(session, token_hash, now)
+        target = targets.get(session, claimed.integration_id)
+        assert target is not None
 
     binding = request.cookies.get(BINDING_COOKIE) or new_secret(24)
     verifier = pkce.new_verifier()
     state = new_secret(32)
-    rt.states.put(state, PendingState(session_id=connect_session.id, code_verifier=verifier,
+    rt.states.put(state, PendingState(session_id=claimed.id, integration_id=target.id, code_verifier=verifier,
                                       binding_hash=digest(binding)))
     location = build_authorize_url(
-        integration.authorize_url,
-        client_id=integration.client_id,
+        target.authorize_url,
+        client_id=target.client_id,
         redirect_uri=rt.settings.redirect_uri,
-        scopes=integration.scopes,
+        scopes=list(target.scopes),
         state=state,
-        code_challenge=pkce.s256_challenge(verifier) if integration.pkce else None,
-        extra_params=integration.extra_authorize_params,
+        code_challenge=pkce.s256_challenge(verifier) if target.pkce else None,
+        extra_params=dict(target.extra_authorize_params),
     )
     response = redirect(location, 302)
     response.set_cookie(BINDING_COOKIE, binding, max_age=STATE_TTL_SECONDS, httponly=True, samesite="Lax",
                         secure=rt.settings.secure_cookies, path="/")
     return response
+
+
+def _refused_link(session: Session, token_hash: str, now: datetime) -> tuple[str, int]:
+    """The page that says why a link could not be claimed."""
+    found = session.execute(select(ConnectSession.expires_at, ConnectSession.used_at)
+                            .where(ConnectSession.token_hash == token_hash)).first()
+    if found is None:
+        return _page(404, "Link not found", "This connect link is not valid. Ask the app for a new one.")
+    if found.used_at is not None:
+        return _page(410, "Link already used", "This connect link has been used. Ask the app for a new one.")
+    return _page(410, "Link expired", "This connect link has expired. Ask the app for a new one.")
 
 
 def _provider_error(value: str) -> str:
@@ -103,25 +116,23 @@ def callback() -> Response | tuple[str, int]:
         return _page(400, "Sign-in could not be completed",
                      "This sign-in was started in another browser. Start again from the app, in this browser.")
 
+    attempt = ConnectAttempt(id=new_id("att"), session_id=pending.session_id)
     with rt.db.session() as session:
-        connect_session = session.get(ConnectSession, pending.session_id)
-        integration = session.get(Integration, connect_session.integration_id) if connect_session else None
-        if connect_session is None or integration is None:
+        target = targets.get(session, pending.integration_id)
+        if target is None:
             return _page(404, "Link not found", "This sign-in no longer exists.")
-        attempt = ConnectAttempt(session_id=connect_session.id)
-        session.add(attempt)
-        session.flush()
-        error = None
         if "error" in args:
-            error = _provider_error(args["error"])
-        elif integration.issuer and not same(args.get("iss", ""), integration.issuer):
+            error: str | None = _provider_error(args["error"])
+        elif target.issuer and not same(args.get("iss", ""), target.issuer):
             error = "issuer_mismatch"
         elif not args.get("code"):
             error = "missing_code"
+        else:
+            error = None
+            rt.codes.put(attempt.id, args["code"], pending.code_verifier)
         if error:
             attempt.status, attempt.error, attempt.finished_at = "failed", error, utcnow()
-        else:
-            rt.codes.put(attempt.id, args["code"], pending.code_verifier)
+        session.add(attempt)
     if not error:
         rt.celery.send_task(EXCHANGE_CODE, args=[attempt.id], queue=INTERACTIVE_QUEUE, ignore_result=True)
     return redirect(f"/connect/attempts/{attempt.id}", 303)

@@ -7,7 +7,8 @@ from sqlalchemy.orm import Session
 
 from shared.attempts import finish_attempt
 from shared.models import ConnectAttempt, Connection, ConnectSession, Integration
-from shared.providers import OAuthClient, ProviderError, TokenSet, exchange_code as post_code
+from shared.integrations import oauth_client
+from shared.providers import ProviderError, TokenSet, exchange_code as post_code
 from shared.queue import EXCHANGE_CODE
 from shared.runtime import Runtime
 from shared.tokens import fenced_update, record_event, token_values
@@ -15,16 +16,6 @@ from worker.app import celery, runtime
 
 log = logging.getLogger(__name__)
 REAUTH_WRITE_ATTEMPTS = 5
-
-
-def oauth_client(rt: Runtime, integration: Integration) -> OAuthClient:
-    """The token-endpoint client of an integration, secret decrypted in memory only."""
-    return OAuthClient(
-        client_id=integration.client_id,
-        client_secret=rt.cipher.decrypt(integration.client_secret_enc),
-        token_url=integration.token_url,
-        auth_method=integration.token_auth_method,
-    )
 
 
 def _store(rt: Runtime, session: Session, connect_session: ConnectSession, tokens: TokenSet) -> str:
@@ -76,7 +67,7 @@ def _exchange(rt: Runtime, attempt_id: str) -> None:
             return
         connect_session = session.get(ConnectSession, attempt.session_id)
         integration = session.get(Integration, connect_session.integration_id)
-        client = oauth_client(rt, integration)
+        client = oauth_client(rt.cipher, integration)
         use_pkce = integration.pkce
     taken = rt.codes.take(attempt_id)
     if taken is None:

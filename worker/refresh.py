@@ -1,4 +1,4 @@
-"""`refresh_connection` and the beat-driven `sweep_due`.
+"""`refresh_connection`: one connection's refresh.
 
 A refresh runs under the connection's Redis lock, re-reads the connection, calls the
 token endpoint, and writes the answer with a fenced update, with nothing between
@@ -8,27 +8,25 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass
-from datetime import timedelta
 
-from celery import Celery, Task
+from celery import Task
 from redis.exceptions import LockNotOwnedError
-from sqlalchemy import select, tuple_
+from sqlalchemy import select
 
 from shared import refreshes
+from shared.integrations import oauth_client
 from shared.locks import RefreshLock
 from shared.models import Connection, Integration, utcnow
 from shared.providers import ProviderError, refresh as post_refresh
-from shared.queue import REFRESH_CONNECTION, SWEEP_DUE
+from shared.queue import REFRESH_CONNECTION
 from shared.runtime import Runtime
-from shared.tokens import Failure, classify, due_at, fenced_update, needs_refresh, record_event, token_values
+from shared.tokens import Failure, classify, fenced_update, needs_refresh, record_event, token_values
 from worker.app import celery, runtime
-from worker.exchange import oauth_client
 
 log = logging.getLogger(__name__)
 
 MAX_RETRIES = 6
 MAX_COUNTDOWN_SECONDS = 60  # longer waits are left to the next sweep
-SWEEP_BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -71,11 +69,11 @@ def refresh_once(rt: Runtime, connection_id: str, seen: str | None, retries: int
     """One refresh, to be called under the connection's lock."""
     settings = rt.settings
     with rt.db.session() as session:
-        connection = session.get(Connection, connection_id)
-        if connection is None or not needs_refresh(connection, seen, settings.refresh_margin_seconds):
-            return Outcome("not_needed")
-        integration = session.get(Integration, connection.integration_id)
-        client = oauth_client(rt, integration)
+        row = session.execute(select(Connection, Integration).join(Integration)
+                              .where(Connection.id == connection_id)).first()
+    if row is None or not needs_refresh(row.Connection, seen, settings.refresh_margin_seconds):
+        return Outcome("not_needed")
+    connection, client = row.Connection, oauth_client(rt.cipher, row.Integration)
     if not connection.refresh_token_enc:
         error = ProviderError("no refresh token was issued", error="invalid_grant")
         return _record_failure(rt, connection, error, retries)
@@ -136,38 +134,3 @@ def _release(lock: RefreshLock) -> None:
         lock.release()
     except LockNotOwnedError:
         log.warning("%s expired before its holder released it", lock.name)
-
-
-def sweep(rt: Runtime, app: Celery, batch: int = SWEEP_BATCH) -> int:
-    """Queue every due active connection once; return how many were queued.
-
-    Reads through the (status, expires_at) index in keyset batches, so the cost
-    follows the number of due connections, not the size of the table."""
-    now = utcnow()
-    margin = rt.settings.refresh_margin_seconds
-    horizon = now + timedelta(seconds=margin)  # no token expiring later than this is due
-    query = (select(Connection.id, Connection.expires_at, Connection.lifetime_seconds)
-             .where(Connection.status == "active", Connection.expires_at <= horizon)
-             .order_by(Connection.expires_at, Connection.id).limit(batch))
-    queued, after = 0, None
-    with app.producer_or_acquire() as producer:
-        while True:
-            page = query.where(tuple_(Connection.expires_at, Connection.id) > after) if after else query
-            with rt.db.session() as session:
-                rows = session.execute(page).all()
-            due = [row.id for row in rows if due_at(row.expires_at, row.lifetime_seconds, margin) <= now]
-            for connection_id in refreshes.claim(rt.redis, due):
-                app.send_task(REFRESH_CONNECTION, args=[connection_id], producer=producer, ignore_result=True)
-                queued += 1
-            if len(rows) < batch:
-                break
-            after = (rows[-1].expires_at, rows[-1].id)
-    return queued
-
-
-@celery.task(name=SWEEP_DUE, ignore_result=True)
-def sweep_due() -> int:
-    """Beat's periodic sweep."""
-    queued = sweep(runtime(), celery)
-    log.info("sweep queued %d due connections", queued)
-    return queued

@@ -8,7 +8,7 @@ import fakeredis
 from shared.crypto import Cipher, new_fernet_key
 from shared.nonces import CodeStore, PendingState, StateStore
 
-PENDING = PendingState(session_id="cs_1", code_verifier="v" * 64, binding_hash="b" * 64)
+PENDING = PendingState(session_id="cs_1", integration_id="int_1", code_verifier="v" * 64, binding_hash="b" * 64)
 
 
 def _store(ttl: int = 600) -> tuple[StateStore, fakeredis.FakeRedis]:
@@ -26,7 +26,7 @@ def test_a_state_is_consumed_once() -> None:
 def test_a_state_cannot_be_written_twice() -> None:
     store, _ = _store()
     assert store.put("abc", PENDING)
-    assert not store.put("abc", PendingState("cs_2", "x", "y"))
+    assert not store.put("abc", PendingState("cs_2", "int_2", "x", "y"))
     assert store.consume("abc") == PENDING
 
 

@@ -1,4 +1,4 @@
-"""The sweep queues each due active connection once, in keyset batches."""
+"""The sweep queues each due active connection once, one message per keyset page."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -6,10 +6,10 @@ from contextlib import contextmanager
 from typing import Any
 
 from shared import refreshes
-from shared.queue import REFRESH_CONNECTION
+from shared.queue import REFRESH_BATCH
 from shared.runtime import Runtime
 from tests.conftest import seed_connections
-from worker.refresh import sweep
+from worker.sweep import sweep
 
 
 class RecordingCelery:
@@ -25,6 +25,11 @@ class RecordingCelery:
     def send_task(self, name: str, args: list[Any], **_: Any) -> None:
         self.sent.append((name, args))
 
+    def queued(self) -> list[str]:
+        """Every connection id queued, in order."""
+        assert {name for name, _ in self.sent} <= {REFRESH_BATCH}
+        return [connection_id for _, (ids,) in self.sent for connection_id in ids]
+
 
 def test_only_due_active_connections_are_queued_across_batches(memory_runtime: Runtime) -> None:
     due = seed_connections(memory_runtime, [-30, 10, 100, 300, 590, -1, 5])
@@ -32,8 +37,8 @@ def test_only_due_active_connections_are_queued_across_batches(memory_runtime: R
     seed_connections(memory_runtime, [10, -10], status="needs_reauth")
     celery = RecordingCelery()
     assert sweep(memory_runtime, celery, batch=3) == len(due)  # type: ignore[arg-type]
-    assert sorted(args[0] for _, args in celery.sent) == sorted(due)
-    assert {name for name, _ in celery.sent} == {REFRESH_CONNECTION}
+    assert sorted(celery.queued()) == sorted(due)
+    assert len(celery.sent) == 3, "one message per page: 3 + 3 + 1"
 
 
 def test_a_connection_already_queued_is_not_queued_again(memory_runtime: Runtime) -> None:
@@ -41,7 +46,7 @@ def test_a_connection_already_queued_is_not_queued_again(memory_runtime: Runtime
     refreshes.claim(memory_runtime.redis, [first])
     celery = RecordingCelery()
     assert sweep(memory_runtime, celery) == 1  # type: ignore[arg-type]
-    assert celery.sent == [(REFRESH_CONNECTION, [second])]
+    assert celery.queued() == [second]
     assert sweep(memory_runtime, celery) == 0  # type: ignore[arg-type]
 
 
@@ -49,4 +54,4 @@ def test_short_lived_tokens_are_due_at_half_their_lifetime(memory_runtime: Runti
     past_half, before_half = seed_connections(memory_runtime, [40, 60], lifetime=100)
     celery = RecordingCelery()
     sweep(memory_runtime, celery)  # type: ignore[arg-type]
-    assert [args[0] for _, args in celery.sent] == [past_half]
+    assert celery.queued() == [past_half]

@@ -1,0 +1,70 @@
+"""What the flow and the token calls need of an integration, cached per process.
+
+Integrations cannot be edited, so a cached view is never stale; the cache is
+short-lived anyway, and keyed by the ciphertext for the client secret."""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+
+from sqlalchemy.orm import Session
+
+from shared.crypto import Cipher
+from shared.models import Integration
+from shared.providers import OAuthClient
+
+CACHE_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class AuthorizeTarget:
+    """The public half of an integration: where and how to send the browser."""
+
+    id: str
+    authorize_url: str
+    client_id: str
+    scopes: tuple[str, ...]
+    pkce: bool
+    extra_authorize_params: tuple[tuple[str, str], ...]
+    issuer: str | None
+
+
+class TargetCache:
+    """Integration id → AuthorizeTarget, for CACHE_SECONDS."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[float, AuthorizeTarget]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, session: Session, integration_id: str) -> AuthorizeTarget | None:
+        """The cached view, or one read now."""
+        now = time.monotonic()
+        with self._lock:
+            entry = self._entries.get(integration_id)
+        if entry and entry[0] > now:
+            return entry[1]
+        integration = session.get(Integration, integration_id)
+        if integration is None:
+            return None
+        target = AuthorizeTarget(
+            id=integration.id, authorize_url=integration.authorize_url, client_id=integration.client_id,
+            scopes=tuple(integration.scopes), pkce=integration.pkce,
+            extra_authorize_params=tuple(sorted(integration.extra_authorize_params.items())),
+            issuer=integration.issuer)
+        with self._lock:
+            self._entries[integration_id] = (now + CACHE_SECONDS, target)
+        return target
+
+
+@lru_cache(maxsize=4096)
+def _client(cipher: Cipher, client_id: str, secret_enc: str, token_url: str, auth_method: str) -> OAuthClient:
+    return OAuthClient(client_id=client_id, client_secret=cipher.decrypt(secret_enc), token_url=token_url,
+                       auth_method=auth_method)
+
+
+def oauth_client(cipher: Cipher, integration: Integration) -> OAuthClient:
+    """The token-endpoint client of an integration, its secret decrypted in memory only."""
+    return _client(cipher, integration.client_id, integration.client_secret_enc, integration.token_url,
+                   integration.token_auth_method)

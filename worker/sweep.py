@@ -1,0 +1,67 @@
+"""The beat-driven sweep: find due connections and queue each one once."""
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from celery import Celery
+from sqlalchemy import select, tuple_
+
+from shared import refreshes
+from shared.models import Connection, utcnow
+from shared.queue import REFRESH_BATCH, REFRESH_CONNECTION, SWEEP_DUE
+from shared.runtime import Runtime
+from shared.tokens import due_at
+from worker.app import celery, runtime
+
+log = logging.getLogger(__name__)
+
+SWEEP_BATCH = 1000
+
+
+def sweep(rt: Runtime, app: Celery, batch: int = SWEEP_BATCH) -> int:
+    """Queue every due active connection once; return how many were queued.
+
+    Reads through the (status, expires_at) index in keyset batches, so the cost
+    follows the number of due connections, not the size of the table."""
+    now = utcnow()
+    margin = rt.settings.refresh_margin_seconds
+    horizon = now + timedelta(seconds=margin)  # no token expiring later than this is due
+    query = (select(Connection.id, Connection.expires_at, Connection.lifetime_seconds)
+             .where(Connection.status == "active", Connection.expires_at <= horizon)
+             .order_by(Connection.expires_at, Connection.id).limit(batch))
+    queued, after = 0, None
+    with app.producer_or_acquire() as producer:
+        while True:
+            page = query.where(tuple_(Connection.expires_at, Connection.id) > after) if after else query
+            with rt.db.session() as session:
+                rows = session.execute(page).all()
+            due = [row.id for row in rows if due_at(row.expires_at, row.lifetime_seconds, margin) <= now]
+            claimed = refreshes.claim(rt.redis, due)
+            if claimed:
+                # One message per page; a worker fans it out (publishing costs
+                # about half a millisecond a message, the page's read far less).
+                app.send_task(REFRESH_BATCH, args=[claimed], producer=producer, ignore_result=True)
+                queued += len(claimed)
+            if len(rows) < batch:
+                break
+            after = (rows[-1].expires_at, rows[-1].id)
+    return queued
+
+
+@celery.task(name=SWEEP_DUE, ignore_result=True)
+def sweep_due() -> int:
+    """Beat's periodic sweep."""
+    queued = sweep(runtime(), celery)
+    log.info("sweep queued %d due connections", queued)
+    return queued
+
+
+@celery.task(name=REFRESH_BATCH, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def refresh_batch(connection_ids: list[str]) -> int:
+    """Queue one `refresh_connection` per connection of a sweep page. Running twice
+    is harmless: a refresh re-checks under its lock whether it is still needed."""
+    with celery.producer_or_acquire() as producer:
+        for connection_id in connection_ids:
+            celery.send_task(REFRESH_CONNECTION, args=[connection_id], producer=producer, ignore_result=True)
+    return len(connection_ids)
