@@ -25,6 +25,7 @@ if str(ROOT) not in sys.path:
 
 import requests  # noqa: E402
 
+from shared.config import DEFAULT_SQLITE  # noqa: E402
 from shared.crypto import new_fernet_key, new_secret  # noqa: E402
 from shared.local_redis import LocalRedis, ensure_redis  # noqa: E402
 
@@ -92,8 +93,9 @@ def prepare_environment() -> None:
         if not os.environ.get(name):
             os.environ[name] = saved[name]
 
-    os.environ.setdefault("DATABASE_URL", f"sqlite:///{VAR / 'oauth.db'}")
+    os.environ.setdefault("DATABASE_URL", DEFAULT_SQLITE)
     os.environ["SANDBOX_PROVIDER"] = "1"
+    os.environ.setdefault("ALLOW_PRIVATE_PROVIDER_URLS", "1")  # an OAuth server on this machine is fine here
     port = os.environ.setdefault("PORT", "8000")
     os.environ.setdefault("PUBLIC_BASE_URL", f"http://127.0.0.1:{port}")
     os.environ.setdefault("WEB_CONCURRENCY", "2")  # enough for one developer, quick to start

@@ -9,6 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SQLITE = f"sqlite:///{ROOT / 'var' / 'oauth.db'}"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 class Settings(BaseSettings):
@@ -17,7 +18,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
 
     database_url: str = DEFAULT_SQLITE
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = DEFAULT_REDIS_URL
     public_base_url: str = "http://127.0.0.1:8000"
     secret_key: str = Field(min_length=16)
     token_encryption_keys: str = Field(min_length=1)
@@ -25,6 +26,9 @@ class Settings(BaseSettings):
     refresh_sweep_seconds: int = Field(default=60, ge=1)
     token_wait_seconds: float = Field(default=10, gt=0)
     sandbox_provider: bool = False
+    # Let integrations name token and revocation URLs on loopback or private
+    # networks (an on-premises OAuth server, development). Off for a hosted service.
+    allow_private_provider_urls: bool = False
     # Bounds one call to a provider: connecting, then the whole answer; so a call
     # lasts at most about twice this.
     http_timeout_seconds: float = Field(default=10, gt=0)

@@ -11,9 +11,11 @@ from functools import lru_cache
 
 from sqlalchemy.orm import Session
 
+from shared.config import Settings
 from shared.crypto import Cipher
 from shared.models import Integration
 from shared.providers import OAuthClient
+from shared.runtime import Runtime
 
 CACHE_SECONDS = 60.0
 
@@ -59,12 +61,19 @@ class TargetCache:
 
 
 @lru_cache(maxsize=4096)
-def _client(cipher: Cipher, client_id: str, secret_enc: str, token_url: str, auth_method: str) -> OAuthClient:
+def _client(cipher: Cipher, client_id: str, secret_enc: str, token_url: str, auth_method: str,
+            public_only: bool) -> OAuthClient:
     return OAuthClient(client_id=client_id, client_secret=cipher.decrypt(secret_enc), token_url=token_url,
-                       auth_method=auth_method)
+                       auth_method=auth_method, public_only=public_only)
 
 
-def oauth_client(cipher: Cipher, integration: Integration) -> OAuthClient:
+def public_only(settings: Settings, provider: str) -> bool:
+    """Whether an integration's server-side URLs must be public: always, unless private
+    networks are allowed or it is the built-in sandbox (this service itself)."""
+    return not settings.allow_private_provider_urls and provider != "sandbox"
+
+
+def oauth_client(rt: Runtime, integration: Integration) -> OAuthClient:
     """The token-endpoint client of an integration, its secret decrypted in memory only."""
-    return _client(cipher, integration.client_id, integration.client_secret_enc, integration.token_url,
-                   integration.token_auth_method)
+    return _client(rt.cipher, integration.client_id, integration.client_secret_enc, integration.token_url,
+                   integration.token_auth_method, public_only(rt.settings, integration.provider))

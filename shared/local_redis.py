@@ -14,9 +14,10 @@ from types import TracebackType
 
 import redis
 
+from shared.config import DEFAULT_REDIS_URL
+
 log = logging.getLogger(__name__)
 
-DEFAULT_URL = "redis://127.0.0.1:6379/0"
 START_TIMEOUT_SECONDS = 10.0
 
 
@@ -162,7 +163,7 @@ def _start_fakeredis() -> LocalRedis:
 
 def ensure_redis(url: str | None = None) -> LocalRedis:
     """A Redis that answers: `url` (or the default) if it does, else one started here."""
-    url = url or DEFAULT_URL
+    url = url or DEFAULT_REDIS_URL
     if answers(url):
         log.info("redis: using %s", _redact(url))
         return LocalRedis(url, "external")

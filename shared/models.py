@@ -46,6 +46,8 @@ class Base(DeclarativeBase):
 
 
 class Tenant(Base):
+    """A company hosting its integration here; its API key is kept only as a hash."""
+
     __tablename__ = "tenants"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("ten"))
@@ -57,6 +59,8 @@ class Tenant(Base):
 
 
 class Integration(Base):
+    """A tenant's OAuth app at one provider; the client secret is kept encrypted."""
+
     __tablename__ = "integrations"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("int"))

@@ -13,6 +13,8 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import requests
 
+from shared.egress import ForbiddenAddress, check_public
+
 RESPONDIO_AUTHORIZE_URL = "https://app.respond.io/oauth/authorize"
 RESPONDIO_TOKEN_URL = "https://app.respond.io/oauth/token"
 
@@ -58,6 +60,8 @@ class OAuthClient:
     client_secret: str
     token_url: str
     auth_method: str = "client_secret_basic"
+    # Checked before every call: the URL must resolve to public addresses only.
+    public_only: bool = True
 
 
 @dataclass(frozen=True)
@@ -139,7 +143,8 @@ def _post(url: str, form: dict[str, str], headers: dict[str, str], timeout: floa
         with _http().post(url, data=form, headers=headers, timeout=(timeout, timeout), allow_redirects=False,
                           stream=True) as response:
             body = bytearray()
-            for chunk in response.iter_content(16384):
+            # read1 returns whatever has arrived, so the deadline is checked as bytes come.
+            while chunk := response.raw.read1(16384, decode_content=True):
                 body += chunk
                 if len(body) > MAX_BODY_BYTES:
                     raise ProviderError("answer too large", status=response.status_code, error="invalid_response")
@@ -162,6 +167,11 @@ def _json_object(body: bytes) -> dict[str, Any]:
 
 def request_token(client: OAuthClient, form: dict[str, str], timeout: float) -> TokenSet:
     """POST the token endpoint once; raise ProviderError on anything but a token."""
+    if client.public_only:
+        try:
+            check_public(client.token_url)
+        except ForbiddenAddress as error:
+            raise ProviderError(str(error), error="forbidden_address") from None
     body, headers = _authenticated(client, form)
     answer = _post(client.token_url, body, headers, timeout)
     payload = _json_object(answer.body)

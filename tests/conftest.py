@@ -27,6 +27,7 @@ def make_settings(**overrides: object) -> Settings:
         "public_base_url": "http://127.0.0.1:8000",
         "database_url": "sqlite://",
         "sandbox_provider": True,
+        "allow_private_provider_urls": True,  # unit tests never resolve names; test_egress checks the rule
     }
     values.update(overrides)
     return load_settings(**values)

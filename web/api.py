@@ -13,6 +13,8 @@ from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
 
 from shared.crypto import digest, new_secret
+from shared.egress import ForbiddenAddress, check_public
+from shared.integrations import public_only
 from shared.models import ConnectSession, Connection, Event, Integration, utcnow
 from shared.providers import default_urls
 from web import runtime
@@ -74,6 +76,7 @@ def _owned(session: Session, model: type[Any], id_: str, what: str) -> Any:
 
 @bp.post("/integrations")
 def create_integration() -> tuple[Response, int]:
+    """Register a tenant's OAuth app; URLs default by provider kind."""
     body = _body(IntegrationIn)
     rt = runtime()
     if body.provider == "sandbox" and not rt.settings.sandbox_provider:
@@ -87,6 +90,14 @@ def create_integration() -> tuple[Response, int]:
     if missing:
         raise ApiError(422, "invalid_fields", f"provider {body.provider!r} needs {' and '.join(missing)}",
                        details=[{"field": name, "message": "required for this provider"} for name in missing])
+    if public_only(rt.settings, body.provider):
+        for name in ("token_url", "revoke_url"):
+            try:
+                if resolved[name]:
+                    check_public(resolved[name])
+            except ForbiddenAddress as error:
+                raise ApiError(422, "invalid_fields", f"{name}: {error}",
+                               details=[{"field": name, "message": str(error)}]) from None
     integration = Integration(
         tenant_id=g.tenant_id,
         provider=body.provider,
@@ -105,6 +116,7 @@ def create_integration() -> tuple[Response, int]:
 
 @bp.get("/integrations")
 def list_integrations() -> Response:
+    """The tenant's integrations."""
     rt = runtime()
     with rt.db.session() as session:
         rows = session.scalars(
@@ -115,6 +127,7 @@ def list_integrations() -> Response:
 
 @bp.get("/integrations/<integration_id>")
 def get_integration(integration_id: str) -> Response:
+    """One integration of the tenant."""
     rt = runtime()
     with rt.db.session() as session:
         integration = _owned(session, Integration, integration_id, "integration")
@@ -123,6 +136,7 @@ def get_integration(integration_id: str) -> Response:
 
 @bp.post("/connect-sessions")
 def create_connect_session() -> tuple[Response, int]:
+    """A single-use connect link for one end user (30 minutes)."""
     body = _body(ConnectSessionIn)
     rt = runtime()
     token = new_secret(32)
@@ -167,6 +181,7 @@ def _after(cursor: str) -> tuple[datetime, str]:
 
 @bp.get("/connections")
 def list_connections() -> Response:
+    """The tenant's connections, filtered, in pages."""
     args = request.args
     try:
         limit = min(max(int(args.get("limit", 50)), 1), 200)
@@ -191,12 +206,14 @@ def list_connections() -> Response:
 
 @bp.get("/connections/<connection_id>")
 def get_connection(connection_id: str) -> Response:
+    """One connection, without its tokens."""
     with runtime().db.session() as session:
         return jsonify(connection_json(_owned(session, Connection, connection_id, "connection")))
 
 
 @bp.get("/connections/<connection_id>/events")
 def connection_events(connection_id: str) -> Response:
+    """The connection's history."""
     with runtime().db.session() as session:
         _owned(session, Connection, connection_id, "connection")
         events = session.scalars(
@@ -206,6 +223,7 @@ def connection_events(connection_id: str) -> Response:
 
 
 def _token_response(connection_id: str, force: bool) -> Response:
+    """The token answer, never cached by a client or proxy."""
     with runtime().db.session() as session:
         connection = _owned(session, Connection, connection_id, "connection")
     response = jsonify(fresh_token(connection, force))
@@ -215,11 +233,13 @@ def _token_response(connection_id: str, force: bool) -> Response:
 
 @bp.get("/connections/<connection_id>/token")
 def connection_token(connection_id: str) -> Response:
+    """The access token, refreshed first when due."""
     return _token_response(connection_id, force=False)
 
 
 @bp.post("/connections/<connection_id>/refresh")
 def refresh_connection(connection_id: str) -> Response:
+    """Refresh now (sharing a refresh under way) and answer the new token."""
     return _token_response(connection_id, force=True)
 
 

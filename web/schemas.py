@@ -29,6 +29,8 @@ class Body(BaseModel):
 
 
 class IntegrationIn(Body):
+    """`POST /api/v1/integrations`."""
+
     provider: Literal["respondio", "oauth2", "sandbox"]
     client_id: str = Field(min_length=1, max_length=500)
     client_secret: str = Field(min_length=1, max_length=2000)
@@ -60,6 +62,8 @@ class IntegrationIn(Body):
 
 
 class ConnectSessionIn(Body):
+    """`POST /api/v1/connect-sessions`."""
+
     integration_id: str = Field(min_length=1, max_length=40)
     end_user_id: str = Field(min_length=1, max_length=200)
     return_url: str | None = None

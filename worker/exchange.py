@@ -67,7 +67,7 @@ def _exchange(rt: Runtime, attempt_id: str) -> None:
             return
         connect_session = session.get(ConnectSession, attempt.session_id)
         integration = session.get(Integration, connect_session.integration_id)
-        client = oauth_client(rt.cipher, integration)
+        client = oauth_client(rt, integration)
         use_pkce = integration.pkce
     taken = rt.codes.take(attempt_id)
     if taken is None:

@@ -73,7 +73,7 @@ def refresh_once(rt: Runtime, connection_id: str, seen: str | None, retries: int
                               .where(Connection.id == connection_id)).first()
     if row is None or not needs_refresh(row.Connection, seen, settings.refresh_margin_seconds):
         return Outcome("not_needed")
-    connection, client = row.Connection, oauth_client(rt.cipher, row.Integration)
+    connection, client = row.Connection, oauth_client(rt, row.Integration)
     if not connection.refresh_token_enc:
         error = ProviderError("no refresh token was issued", error="invalid_grant")
         return _record_failure(rt, connection, error, retries)

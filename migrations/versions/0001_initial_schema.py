@@ -15,6 +15,7 @@ depends_on = None
 
 
 def upgrade() -> None:
+    """Create every table and index."""
     op.create_table('tenants',
     sa.Column('id', sa.String(length=40), nullable=False),
     sa.Column('name', sa.String(length=200), nullable=False),
@@ -125,6 +126,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    """Drop them all."""
     with op.batch_alter_table('connect_attempts', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_connect_attempts_session_id'))
 
