@@ -39,9 +39,11 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=32, ge=1)
     # Database connections per process: a request or task holds one only while it
     # talks to the database (never while it waits on a provider or a refresh), so a
-    # few serve many threads. Mind PostgreSQL's max_connections across processes.
-    db_pool_size: int = Field(default=5, ge=1)
-    db_max_overflow: int = Field(default=5, ge=0)
+    # few kept-open connections serve many threads; overflow connections would be
+    # opened and closed under load, which costs PostgreSQL a process each time.
+    # Mind PostgreSQL's max_connections across processes.
+    db_pool_size: int = Field(default=10, ge=1)
+    db_max_overflow: int = Field(default=0, ge=0)
     # Celery: a task's hard time limit, and the Redis visibility timeout that must
     # stay above it, or a slow task would be handed to a second worker.
     task_time_limit_seconds: int = Field(default=120, ge=5)

@@ -1,6 +1,7 @@
 """Engine and sessions, built from the settings."""
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -8,10 +9,13 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
+PING_AFTER_IDLE_SECONDS = 10.0
 
-def make_engine(database_url: str, pool_size: int = 5, max_overflow: int = 5) -> Engine:
+
+def make_engine(database_url: str, pool_size: int = 10, max_overflow: int = 0) -> Engine:
     """An engine for PostgreSQL or SQLite; SQLite gets WAL and a busy timeout
     because web and workers write to the same file. Statement parameters never
     appear in errors or logs."""
@@ -30,14 +34,36 @@ def make_engine(database_url: str, pool_size: int = 5, max_overflow: int = 5) ->
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow,
-                         hide_parameters=True)
+    engine = create_engine(url, pool_size=pool_size, max_overflow=max_overflow, hide_parameters=True)
+    _ping_after_idle(engine)
+    return engine
+
+
+def _ping_after_idle(engine: Engine) -> None:
+    """Ping a pooled connection on checkout only if it sat idle a while: a server
+    restart is still noticed before use, without a round trip on every busy checkout."""
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except Exception as error:  # noqa: BLE001 - any failure means a dead connection
+            raise DisconnectionError() from error
+        if not alive:
+            raise DisconnectionError()
 
 
 class Database:
     """One engine and its session factory."""
 
-    def __init__(self, database_url: str, pool_size: int = 5, max_overflow: int = 5) -> None:
+    def __init__(self, database_url: str, pool_size: int = 10, max_overflow: int = 0) -> None:
         self.engine = make_engine(database_url, pool_size, max_overflow)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 

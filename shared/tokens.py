@@ -6,11 +6,11 @@ from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import insert, update
 from sqlalchemy.orm import Session
 
 from shared.crypto import Cipher
-from shared.models import Connection, Event, utcnow
+from shared.models import Connection, Event, new_id, utcnow
 from shared.providers import ProviderError, TokenSet
 
 
@@ -75,20 +75,19 @@ def token_values(tokens: TokenSet, cipher: Cipher, now: datetime | None = None) 
 def fenced_update(session: Session, connection_id: str, version: int, values: dict[str, Any]) -> bool:
     """`UPDATE … WHERE id = ? AND version = ?`, bumping the version. False means
     someone else wrote first and this writer's result must be dropped."""
+    table = Connection.__table__  # Core: no ORM bookkeeping on the hot path
     result = session.execute(
-        update(Connection)
-        .where(Connection.id == connection_id, Connection.version == version)
-        .values(version=Connection.version + 1, **values)
-        .execution_options(synchronize_session=False)
+        update(table).where(table.c.id == connection_id, table.c.version == version)
+        .values(version=table.c.version + 1, **values)
     )
     return result.rowcount == 1
 
 
-def record_event(session: Session, connection: Connection, type_: str, error: str | None = None) -> Event:
+def record_event(session: Session, connection: Connection, type_: str, error: str | None = None) -> None:
     """Append an entry to a connection's history."""
-    event = Event(connection_id=connection.id, tenant_id=connection.tenant_id, type=type_, error=error)
-    session.add(event)
-    return event
+    session.execute(insert(Event.__table__).values(id=new_id("evt"), connection_id=connection.id,
+                                                    tenant_id=connection.tenant_id, type=type_, error=error,
+                                                    created_at=utcnow()))
 
 
 class Failure(str, Enum):
