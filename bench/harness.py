@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from sqlalchemy.engine import make_url
 from shared import migrate
 from shared.config import Settings, load_settings
 from shared.crypto import new_fernet_key, new_secret
-from shared.local_redis import LocalRedis, ensure_redis
+from shared.local_redis import LocalRedis, ensure_redis, free_port
 from shared.runtime import Runtime, build_runtime
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,12 +45,6 @@ OWN_SETTINGS = {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "TOKEN_ENCRYPTION_KEY
 
 def say(text: str = "") -> None:
     print(text, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05,
@@ -150,9 +144,8 @@ class Process:
         return _proc_cpu(lambda pgrp, _comm: pgrp == self.pgid)
 
 
-def _proc_cpu(match: Callable[[int, bytes], bool]) -> float:
-    """CPU seconds (user+system, with reaped children) of the processes that `match(pgrp, comm)`."""
-    total = 0
+def _proc_stats() -> Iterator[tuple[int, bytes, float]]:
+    """(process group, command name, CPU seconds with reaped children) of every process."""
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -162,11 +155,13 @@ def _proc_cpu(match: Callable[[int, bytes], bool]) -> float:
         except OSError:
             continue
         close = raw.rfind(b")")
-        comm = raw[raw.find(b"(") + 1:close]
         fields = raw[close + 2:].split()
-        if match(int(fields[2]), comm):
-            total += sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
-    return total / CLK_TCK
+        yield int(fields[2]), raw[raw.find(b"(") + 1:close], sum(int(v) for v in fields[11:15]) / CLK_TCK
+
+
+def _proc_cpu(match: Callable[[int, bytes], bool]) -> float:
+    """CPU seconds (user+system, with reaped children) of the processes that `match(pgrp, comm)`."""
+    return sum(ticks for pgrp, comm, ticks in _proc_stats() if match(pgrp, comm))
 
 
 class CPUMeter:
@@ -193,23 +188,9 @@ class CPUMeter:
             return pgrp in pgids or comm in (b"postgres", b"redis-server")
 
         # One pass over /proc, bucketed by owner.
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/stat", "rb") as handle:
-                    raw = handle.read()
-            except OSError:
-                continue
-            close = raw.rfind(b")")
-            comm = raw[raw.find(b"(") + 1:close]
-            fields = raw[close + 2:].split()
-            pgrp = int(fields[2])
-            if not match(pgrp, comm):
-                continue
-            ticks = sum(int(v) for v in fields[11:15]) / CLK_TCK
-            key = pgids.get(pgrp) or ("postgres" if comm == b"postgres" else "redis")
-            sample[key] += ticks
+        for pgrp, comm, ticks in _proc_stats():
+            if match(pgrp, comm):
+                sample[pgids.get(pgrp) or ("postgres" if comm == b"postgres" else "redis")] += ticks
         sample["bench (this process)"] = time.process_time()
         return sample
 
