@@ -43,11 +43,6 @@ def request_refresh(client: redis.Redis, celery: Celery, connection_id: str, see
     return True
 
 
-def is_queued(client: redis.Redis, connection_id: str) -> bool:
-    """Whether a refresh of the connection is queued or running."""
-    return bool(client.exists(queued_key(connection_id)))
-
-
 def keep_queued(client: redis.Redis, connection_id: str) -> None:
     """Extend the marker while a retry is pending."""
     client.set(queued_key(connection_id), 1, ex=QUEUED_TTL_SECONDS)

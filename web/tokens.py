@@ -63,8 +63,7 @@ def fresh_token(connection: Connection, force: bool) -> dict[str, Any]:
         while True:
             if not needs_refresh(current, seen, margin):
                 return token_json(current)
-            if not refreshes.is_queued(rt.redis, connection.id):
-                refreshes.request_refresh(rt.redis, rt.celery, connection.id, seen)
+            refreshes.request_refresh(rt.redis, rt.celery, connection.id, seen)  # no-op while one is queued
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break

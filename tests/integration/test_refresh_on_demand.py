@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from shared import refreshes
+from shared.tokens import refresh_mark
 from tests.integration.stack import Browser, Stack, Tenant, wait_for
 
 pytestmark = pytest.mark.integration
@@ -162,3 +164,19 @@ def test_a_connection_needing_reauth_is_reauthorized_in_place(stack: Stack) -> N
     token = tenant.call("GET", f"/connections/{connection_id}/token").json()["access_token"]
     assert stack.introspect(client, token)["active"] is True
     assert len(tenant.call("GET", "/connections").json()["data"]) == 1
+
+
+def test_a_long_retry_after_is_not_retried_early_by_anyone(stack: Stack) -> None:
+    tenant = stack.tenant()
+    client, connection_id = tenant.connected()
+    stack.knobs(client["client_id"], fail=["429"], retry_after=120)
+    seen = refresh_mark(stack.row(connection_id))
+    assert refreshes.request_refresh(stack.runtime.redis, stack.runtime.celery, connection_id, seen)
+    wait_for(lambda: stack.row(connection_id).refresh_failures == 1, what="the 429 to be recorded")
+    time.sleep(2)
+    assert stack.provider_refreshes(client["client_id"]) == 1
+    marker = refreshes.queued_key(connection_id)
+    assert 100 < stack.runtime.redis.ttl(marker) <= 120, "held for the Retry-After"
+    assert not refreshes.request_refresh(stack.runtime.redis, stack.runtime.celery, connection_id, seen)
+    assert stack.row(connection_id).status == "active"
+    assert tenant.events(connection_id) == ["created", "refresh_failed"]

@@ -42,3 +42,21 @@ def test_a_connection_is_claimed_for_queueing_once() -> None:
     assert 0 < redis.ttl(refreshes.queued_key("a")) <= refreshes.QUEUED_TTL_SECONDS
     refreshes.finish(redis, "a")
     assert refreshes.claim(redis, ["a"]) == ["a"]
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, list[str], dict[str, str], str]] = []
+
+    def send_task(self, name: str, args: list[str], kwargs: dict[str, str], queue: str, **_: object) -> None:
+        self.sent.append((name, args, kwargs, queue))
+
+
+def test_an_asked_for_refresh_is_queued_once_on_the_interactive_queue() -> None:
+    redis = fakeredis.FakeRedis()
+    celery = _Recorder()
+    assert refreshes.request_refresh(redis, celery, "conn_1", "never")  # type: ignore[arg-type]
+    assert not refreshes.request_refresh(redis, celery, "conn_1", "never")  # type: ignore[arg-type]
+    assert celery.sent == [("tokens.refresh_connection", ["conn_1"], {"seen": "never"}, "interactive")]
+    refreshes.hold(redis, "conn_1", 90)
+    assert 85 < redis.ttl(refreshes.queued_key("conn_1")) <= 90
