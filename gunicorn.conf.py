@@ -28,9 +28,10 @@ timeout = _int("GUNICORN_TIMEOUT", 30)
 graceful_timeout = 30
 keepalive = 5
 
-# Recycle processes now and then, staggered, to bound any slow leak.
-max_requests = 10_000
-max_requests_jitter = 1_000
+# Recycle processes now and then, staggered, to bound any slow leak; rarely, because a
+# restarting process answers nothing for about a second.
+max_requests = 200_000
+max_requests_jitter = 20_000
 
 # Behind a proxy (compose, a load balancer): honour its X-Forwarded-* headers.
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
