@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import cProfile
 import itertools
-import time
 import runpy
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -21,8 +21,19 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 from sqlalchemy import insert
 
-from bench.harness import (ROOT, CPUMeter, Environment, Section, error_summary, format_shares, ms, per_s,
-                           profile_shares, say, wait_for_quiet)
+from bench.harness import (
+    ROOT,
+    CPUMeter,
+    Environment,
+    Section,
+    error_summary,
+    format_shares,
+    ms,
+    per_s,
+    profile_shares,
+    say,
+    wait_for_quiet,
+)
 from bench.loadgen import LoadGenerator, Request, Result, build_request
 from shared.crypto import digest, new_secret
 from shared.models import ConnectSession, Integration, new_id, utcnow

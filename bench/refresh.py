@@ -88,6 +88,7 @@ def _diagnose_child(ids: list[str]) -> dict:
     """In a child process with the workers' settings: `refresh_once` run sequentially, its CPU
     per call, and where that CPU goes (a CPU-clock profile, by library)."""
     import cProfile
+
     from worker.app import runtime
     from worker.refresh import refresh_once
 

@@ -173,8 +173,8 @@ def request_token(client: OAuthClient, form: dict[str, str], timeout: float) -> 
     if client.public_only:
         try:
             check_public(client.token_url)
-        except ForbiddenAddress as error:
-            raise ProviderError(str(error), error="forbidden_address") from None
+        except ForbiddenAddress as refused:
+            raise ProviderError(str(refused), error="forbidden_address") from None
     body, headers = _authenticated(client, form)
     answer = _post(client.token_url, body, headers, timeout)
     payload = _json_object(answer.body)

@@ -5,6 +5,7 @@ sweep or an API call asks; the worker clears it when the refresh is over."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+
 import redis
 from celery import Celery
 
@@ -27,7 +28,7 @@ def claim(client: redis.Redis, connection_ids: Iterable[str]) -> list[str]:
     pipe = client.pipeline(transaction=False)
     for connection_id in ids:
         pipe.set(queued_key(connection_id), 1, nx=True, ex=QUEUED_TTL_SECONDS)
-    return [connection_id for connection_id, fresh in zip(ids, pipe.execute()) if fresh]
+    return [connection_id for connection_id, fresh in zip(ids, pipe.execute(), strict=True) if fresh]
 
 
 def request_refresh(client: redis.Redis, celery: Celery, connection_id: str, seen: str | None = None) -> bool:

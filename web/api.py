@@ -15,7 +15,7 @@ from werkzeug.exceptions import HTTPException
 from shared.crypto import digest, new_secret
 from shared.egress import ForbiddenAddress, check_public
 from shared.integrations import public_only
-from shared.models import ConnectSession, Connection, Event, Integration, utcnow
+from shared.models import Connection, ConnectSession, Event, Integration, utcnow
 from shared.providers import default_urls
 from web import runtime
 from web.auth import authenticate

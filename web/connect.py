@@ -5,7 +5,6 @@ enqueues the exchange with the attempt id only."""
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from flask import Blueprint, Response, make_response, redirect, render_template, request
@@ -62,7 +61,7 @@ def start(token: str) -> Response | tuple[str, int]:
             .returning(ConnectSession.id, ConnectSession.integration_id)
         ).first()
         if claimed is None:
-            return _refused_link(session, token_hash, now)
+            return _refused_link(session, token_hash)
         target = targets.get(session, claimed.integration_id)
         assert target is not None
 
@@ -86,7 +85,7 @@ def start(token: str) -> Response | tuple[str, int]:
     return response
 
 
-def _refused_link(session: Session, token_hash: str, now: datetime) -> tuple[str, int]:
+def _refused_link(session: Session, token_hash: str) -> tuple[str, int]:
     """The page that says why a link could not be claimed."""
     found = session.execute(select(ConnectSession.expires_at, ConnectSession.used_at)
                             .where(ConnectSession.token_hash == token_hash)).first()

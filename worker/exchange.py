@@ -6,9 +6,10 @@ import logging
 from sqlalchemy.orm import Session
 
 from shared.attempts import finish_attempt
-from shared.models import ConnectAttempt, Connection, ConnectSession, Integration
 from shared.integrations import oauth_client
-from shared.providers import ProviderError, TokenSet, exchange_code as post_code
+from shared.models import ConnectAttempt, Connection, ConnectSession, Integration
+from shared.providers import ProviderError, TokenSet
+from shared.providers import exchange_code as post_code
 from shared.queue import EXCHANGE_CODE
 from shared.runtime import Runtime
 from shared.tokens import fenced_update, record_event, token_values

@@ -17,7 +17,8 @@ from shared import refreshes
 from shared.integrations import oauth_client
 from shared.locks import RefreshLock
 from shared.models import Connection, Integration, utcnow
-from shared.providers import ProviderError, refresh as post_refresh
+from shared.providers import ProviderError
+from shared.providers import refresh as post_refresh
 from shared.queue import REFRESH_CONNECTION
 from shared.runtime import Runtime
 from shared.tokens import Failure, classify, fenced_update, needs_refresh, record_event, token_values

@@ -17,7 +17,7 @@ from sqlalchemy import inspect, select, text, update
 from shared import pkce
 from shared.crypto import Cipher, digest
 from shared.db import Database
-from shared.models import Base, ConnectAttempt, ConnectSession, Connection, utcnow
+from shared.models import Base, ConnectAttempt, Connection, ConnectSession, utcnow
 from shared.queue import EXCHANGE_CODE
 from shared.runtime import Runtime
 from shared.tenants import create_tenant
