@@ -4,10 +4,12 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Flask, current_app, request
+from prometheus_client import CollectorRegistry
 from werkzeug.exceptions import HTTPException
 
 from shared.config import Settings, get_settings
 from shared.runtime import Runtime, build_runtime
+from web.metrics import StateCollector
 from web.updates import UpdateListener
 
 
@@ -29,6 +31,8 @@ def create_app(settings: Settings | None = None, runtime_: Runtime | None = None
     app.json.sort_keys = False  # type: ignore[attr-defined]  # fields in the documented order
     rt = app.extensions["runtime"] = runtime_ or build_runtime(settings)
     app.extensions["updates"] = UpdateListener(rt.redis)
+    app.extensions["metrics"] = CollectorRegistry(auto_describe=False)
+    app.extensions["metrics"].register(StateCollector(rt))
 
     from web import api, cli, connect, ops
 

@@ -1,7 +1,7 @@
 """Operations endpoints: liveness, readiness and Prometheus metrics."""
 from __future__ import annotations
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, current_app
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
@@ -38,5 +38,6 @@ def readyz() -> tuple[dict[str, object], int]:
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    """Prometheus text exposition."""
-    return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+    """Prometheus text: this process's own metrics, then the service's state."""
+    registry = current_app.extensions["metrics"]
+    return Response(generate_latest() + generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
