@@ -48,7 +48,11 @@ def needs_refresh(connection: Connection, seen: str | None, margin_seconds: int)
         return False
     if seen is not None:
         return refresh_mark(connection) == seen
-    return is_due(connection, margin_seconds)
+    if not is_due(connection, margin_seconds):
+        return False
+    # Without a refresh token nothing can be done until the token expires; then the
+    # connection needs the end user again (the refresh attempt records that).
+    return bool(connection.refresh_token_enc) or (connection.expires_at or utcnow()) <= utcnow()
 
 
 def token_values(tokens: TokenSet, cipher: Cipher, now: datetime | None = None) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from flask import current_app
 
 from shared import refreshes
 from shared.models import Connection, utcnow
-from shared.tokens import is_due, needs_refresh, refresh_mark
+from shared.tokens import needs_refresh, refresh_mark
 from web import runtime
 from web.errors import ApiError
 from web.serializers import iso
@@ -54,7 +54,7 @@ def fresh_token(connection: Connection, force: bool) -> dict[str, Any]:
     rt = runtime()
     _usable(connection)
     margin = rt.settings.refresh_margin_seconds
-    if not force and not is_due(connection, margin):
+    if not force and not needs_refresh(connection, None, margin):
         return token_json(connection)
     seen = refresh_mark(connection) if force else None
     deadline = time.monotonic() + rt.settings.token_wait_seconds

@@ -8,7 +8,17 @@ import pytest
 from shared.models import Connection, utcnow
 from shared.providers import ProviderError, TokenSet
 from shared.runtime import Runtime
-from shared.tokens import Failure, classify, due_at, fenced_update, is_due, margin_for, token_values
+from shared.tokens import (
+    Failure,
+    classify,
+    due_at,
+    fenced_update,
+    is_due,
+    margin_for,
+    needs_refresh,
+    refresh_mark,
+    token_values,
+)
 from tests.conftest import seed_connections
 
 MARGIN = 600
@@ -46,6 +56,20 @@ def test_is_due(expires_in: int, lifetime: int, status: str, due: bool) -> None:
     now = utcnow()
     connection = Connection(status=status, expires_at=now + timedelta(seconds=expires_in), lifetime_seconds=lifetime)
     assert is_due(connection, MARGIN, now) is due
+
+
+def test_a_connection_without_a_refresh_token_waits_for_expiry_unless_forced() -> None:
+    now = utcnow()
+    soon = Connection(status="active", expires_at=now + timedelta(seconds=60), lifetime_seconds=3600,
+                      refresh_token_enc=None)
+    assert is_due(soon, MARGIN) and not needs_refresh(soon, None, MARGIN)
+    assert needs_refresh(soon, refresh_mark(soon), MARGIN), "a forced refresh still tries"
+    expired = Connection(status="active", expires_at=now - timedelta(seconds=1), lifetime_seconds=3600,
+                         refresh_token_enc=None)
+    assert needs_refresh(expired, None, MARGIN)
+    refreshable = Connection(status="active", expires_at=now + timedelta(seconds=60), lifetime_seconds=3600,
+                             refresh_token_enc="sealed")
+    assert needs_refresh(refreshable, None, MARGIN)
 
 
 def test_a_response_without_a_refresh_token_keeps_the_stored_one(memory_runtime: Runtime) -> None:
