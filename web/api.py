@@ -92,9 +92,10 @@ def create_integration() -> tuple[Response, int]:
                        details=[{"field": name, "message": "required for this provider"} for name in missing])
     if public_only(rt.settings, body.provider):
         for name in ("token_url", "revoke_url"):
+            url = resolved[name]
             try:
-                if resolved[name]:
-                    check_public(resolved[name])
+                if url:
+                    check_public(url)
             except ForbiddenAddress as error:
                 raise ApiError(422, "invalid_fields", f"{name}: {error}",
                                details=[{"field": name, "message": str(error)}]) from None

@@ -8,6 +8,7 @@ import re
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from flask import Blueprint, Response, make_response, redirect, render_template, request
+from flask.typing import ResponseReturnValue
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -47,7 +48,7 @@ def _page(status: int, title: str, message: str) -> tuple[str, int]:
 
 
 @bp.get("/connect/<token>")
-def start(token: str) -> Response | tuple[str, int]:
+def start(token: str) -> ResponseReturnValue:
     """Claim the single-use link, remember the state, and send the browser to the provider."""
     rt = runtime()
     now = utcnow()
@@ -101,7 +102,7 @@ def _provider_error(value: str) -> str:
 
 
 @bp.get("/oauth/callback")
-def callback() -> Response | tuple[str, int]:
+def callback() -> ResponseReturnValue:
     """Consume the state, check the browser and the issuer, then queue the exchange."""
     rt = runtime()
     args = request.args
@@ -149,7 +150,7 @@ def _return_location(return_url: str, attempt: ConnectAttempt) -> str:
 
 
 @bp.get("/connect/attempts/<attempt_id>")
-def attempt_status(attempt_id: str) -> Response | tuple[str, int]:
+def attempt_status(attempt_id: str) -> ResponseReturnValue:
     """The attempt as JSON, or a page that refreshes until it ends and then returns to the app."""
     with runtime().db.session() as session:
         attempt = session.get(ConnectAttempt, attempt_id)

@@ -99,7 +99,7 @@ def _ok(description: str, schema: Schema, media: str = JSON, **headers: Schema) 
 def _error(description: str, *codes: str, **headers: Schema) -> Schema:
     """An error answer whose `error.code` is one of `codes`."""
     schema = {"allOf": [_ref("Error"), {"properties": {"error": {"properties": {"code": {"enum": list(codes)}}}}}]}
-    return _ok(description, schema, **headers)
+    return _ok(description, schema, JSON, **headers)
 
 
 def _header(description: str, schema: Schema = STRING) -> Schema:
@@ -152,7 +152,7 @@ def _api(operation_id: str, tag: str, responses: dict[str, Schema], **more: Any)
 
 def _paths(integration_in: Schema, connect_session_in: Schema) -> dict[str, Schema]:
     integration_id, connection_id = _path_param("integration_id"), _path_param("connection_id")
-    token_answers = {"200": _ok("The access token", _ref("Token"), **{"Cache-Control": NO_STORE}),
+    token_answers = {"200": _ok("The access token", _ref("Token"), JSON, **{"Cache-Control": NO_STORE}),
                      **_use("Unauthorized", "NotFound", "NotUsable", "RefreshPending")}
     return {
         "/api/v1/integrations": {

@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsp
 
 from flask import Blueprint, Response, jsonify, redirect, render_template, request
 from werkzeug.datastructures import MultiDict
+from werkzeug.wrappers import Response as BaseResponse
 
 from shared.config import Settings
 from shared.crypto import new_secret
@@ -94,7 +95,7 @@ def _page_error(error: PageError) -> Response:
 
 
 @bp.errorhandler(RedirectError)
-def _redirect_error(error: RedirectError) -> Response:
+def _redirect_error(error: RedirectError) -> BaseResponse:
     return _back(error.redirect_uri, {"error": error.error, "error_description": error.description,
                                       "state": error.state})
 
@@ -103,7 +104,7 @@ def _page(html: str, status: int) -> Response:
     return Response(html, status=status, headers=PAGE_HEADERS, mimetype="text/html")
 
 
-def _back(redirect_uri: str, params: dict[str, str | None]) -> Response:
+def _back(redirect_uri: str, params: dict[str, str | None]) -> BaseResponse:
     """302 to the client's redirect URI, keeping its query and adding `iss`."""
     parts = urlsplit(redirect_uri)
     query = parse_qsl(parts.query) + [(k, v) for k, v in params.items() if v is not None]
@@ -151,7 +152,7 @@ def authorize_page() -> Response:
 
 
 @bp.post("/oauth/authorize")
-def authorize_decision() -> Response:
+def authorize_decision() -> BaseResponse:
     """Approve (a code) or deny, back to the client's redirect URI."""
     auth = _authorization(request.form)
     decision = request.form.get("decision")
@@ -235,8 +236,8 @@ def token() -> Response:
             time.sleep(context.timeout_seconds)
         headers = {"Retry-After": str(context.retry_after)} if status == 429 else {}
         raise OAuthError(error, f"scripted failure {context.failure}", status, headers)
-    access = new_secret(32)
-    refresh: str | None = new_secret(32)
+    access, issued_refresh = new_secret(32), new_secret(32)
+    refresh: str | None = issued_refresh
     tokens: dict[str, Any] = {"client_id": context.client_id, "access_token": access,
                               "exp": int(time.time()) + context.access_ttl, "ttl": context.access_ttl}
     if grant_type == "authorization_code":
@@ -244,7 +245,7 @@ def token() -> Response:
         if not VERIFIER.fullmatch(verifier):
             raise OAuthError("invalid_request", "code_verifier must be 43-128 unreserved characters")
         ok, text = store.exchange_code(runtime().redis, code, redirect_uri=redirect_uri,
-                                       challenge=s256_challenge(verifier), refresh_token=refresh, **tokens)
+                                       challenge=s256_challenge(verifier), refresh_token=issued_refresh, **tokens)
     else:
         (old,) = _required(form, "refresh_token")
         if not context.rotate_refresh_tokens:

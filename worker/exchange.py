@@ -37,7 +37,9 @@ def _store(rt: Runtime, session: Session, connect_session: ConnectSession, token
     connection = Connection(tenant_id=connect_session.tenant_id, integration_id=connect_session.integration_id,
                             end_user_id=connect_session.end_user_id, **values)
     if not tokens.scopes:
-        connection.scopes = session.get(Integration, connect_session.integration_id).scopes
+        integration = session.get(Integration, connect_session.integration_id)
+        assert integration is not None
+        connection.scopes = integration.scopes
     session.add(connection)
     session.flush()
     record_event(session, connection, "created")
@@ -67,7 +69,9 @@ def _exchange(rt: Runtime, attempt_id: str) -> None:
         if attempt is None or attempt.status != "pending":
             return
         connect_session = session.get(ConnectSession, attempt.session_id)
+        assert connect_session is not None  # rows are never deleted under an attempt
         integration = session.get(Integration, connect_session.integration_id)
+        assert integration is not None
         client = oauth_client(rt, integration)
         use_pkce = integration.pkce
     taken = rt.codes.take(attempt_id)

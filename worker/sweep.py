@@ -36,7 +36,7 @@ def sweep(rt: Runtime, app: Celery, batch: int = SWEEP_BATCH) -> int:
             page = query.where(tuple_(Connection.expires_at, Connection.id) > after) if after else query
             with rt.db.session() as session:
                 rows = session.execute(page).all()
-            due = [row.id for row in rows if due_at(row.expires_at, row.lifetime_seconds, margin) <= now]
+            due = [row.id for row in rows if (due_at(row.expires_at, row.lifetime_seconds, margin) or now) <= now]
             claimed = refreshes.claim(rt.redis, due)
             if claimed:
                 # One message per page; a worker fans it out (publishing costs
