@@ -44,14 +44,9 @@ def request_refresh(client: redis.Redis, celery: Celery, connection_id: str, see
     return True
 
 
-def keep_queued(client: redis.Redis, connection_id: str) -> None:
-    """Extend the marker while a retry is pending."""
-    client.set(queued_key(connection_id), 1, ex=QUEUED_TTL_SECONDS)
-
-
-def hold(client: redis.Redis, connection_id: str, seconds: float) -> None:
-    """Keep the connection from being queued for a while (a long Retry-After), and
-    wake whoever waits on it."""
+def keep_queued(client: redis.Redis, connection_id: str, seconds: float = QUEUED_TTL_SECONDS) -> None:
+    """Keep the marker (a retry is pending, or a long Retry-After holds everyone off)
+    and wake whoever waits on the connection; only its id travels."""
     client.pipeline(transaction=False).set(queued_key(connection_id), 1, ex=max(1, round(seconds))).publish(
         UPDATES_CHANNEL, connection_id).execute()
 
@@ -60,8 +55,3 @@ def finish(client: redis.Redis, connection_id: str) -> None:
     """Clear the marker and wake whoever waits on the connection."""
     client.pipeline(transaction=False).delete(queued_key(connection_id)).publish(
         UPDATES_CHANNEL, connection_id).execute()
-
-
-def announce(client: redis.Redis, connection_id: str) -> None:
-    """Wake whoever waits on the connection (only its id travels)."""
-    client.publish(UPDATES_CHANNEL, connection_id)

@@ -32,11 +32,13 @@ class Runtime:
         self.codes = CodeStore(self.redis, self.cipher)
 
 
-def build_runtime(settings: Settings) -> Runtime:
-    """Connect to the database and Redis named by the settings."""
+def build_runtime(settings: Settings, celery: Celery | None = None) -> Runtime:
+    """Connect to the database and Redis named by the settings; a process that has its
+    Celery app already (the worker) passes it in."""
     return Runtime(
         settings=settings,
         db=Database(settings.database_url, settings.db_pool_size, settings.db_max_overflow),
         redis=redis.Redis.from_url(settings.redis_url, health_check_interval=30),
         cipher=Cipher(settings.encryption_keys),
+        celery=celery,  # type: ignore[arg-type]
     )

@@ -46,9 +46,7 @@ def runtime() -> Runtime:
     global _runtime
     with _lock:
         if _runtime is None:
-            rt = build_runtime(settings)
-            rt.celery = celery
-            _runtime = rt
+            _runtime = build_runtime(settings, celery)
         return _runtime
 
 

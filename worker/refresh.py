@@ -120,9 +120,8 @@ def refresh_connection(self: Task, connection_id: str, seen: str | None = None) 
         retrying = outcome.retry_in is not None and self.request.retries < self.max_retries
         if retrying:
             refreshes.keep_queued(rt.redis, connection_id)
-            refreshes.announce(rt.redis, connection_id)
         elif outcome.hold_for:
-            refreshes.hold(rt.redis, connection_id, outcome.hold_for)
+            refreshes.keep_queued(rt.redis, connection_id, outcome.hold_for)
         else:
             refreshes.finish(rt.redis, connection_id)
     if retrying:

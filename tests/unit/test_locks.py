@@ -58,5 +58,5 @@ def test_an_asked_for_refresh_is_queued_once_on_the_interactive_queue() -> None:
     assert refreshes.request_refresh(redis, celery, "conn_1", "never")  # type: ignore[arg-type]
     assert not refreshes.request_refresh(redis, celery, "conn_1", "never")  # type: ignore[arg-type]
     assert celery.sent == [("tokens.refresh_connection", ["conn_1"], {"seen": "never"}, "interactive")]
-    refreshes.hold(redis, "conn_1", 90)
+    refreshes.keep_queued(redis, "conn_1", 90)
     assert 85 < redis.ttl(refreshes.queued_key("conn_1")) <= 90
