@@ -1,7 +1,6 @@
 """Fixtures that bring up the real system once per test session."""
 from __future__ import annotations
 
-import itertools
 import os
 import secrets
 from collections.abc import Callable, Iterator
@@ -68,20 +67,24 @@ def stack_env(settings_overrides: dict[str, str]) -> dict[str, str]:
 StackFactory = Callable[..., Stack]
 
 
-@pytest.fixture(scope="session")
-def stack_factory(redis_url: str, new_database: Callable[[], str],
-                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackFactory]:
+class StackBuilder:
     """Builds running systems; each gets a database and a Redis database of its own, so
-    its workers and its sweep never touch another system's work. Extra settings go in
-    as environment."""
-    databases = itertools.count(TEST_REDIS_DB)
-    built: list[Stack] = []
+    its workers and its sweep never touch another system's work. A stopped system gives
+    its Redis database back, flushed, for the next one."""
 
-    def build(workers: int = 2, web_threads: int = 128, **settings_env: str) -> Stack:
-        number = next(databases)
-        assert number < 16, "out of Redis databases for test stacks"
-        own_redis = urlunsplit(urlsplit(redis_url)._replace(path=f"/{number}"))
-        database_url = new_database()
+    def __init__(self, redis_url: str, new_database: Callable[[], str], logs: pytest.TempPathFactory) -> None:
+        self.redis_url = redis_url
+        self.new_database = new_database
+        self.logs = logs
+        self.free = list(range(TEST_REDIS_DB, 16))
+        self.numbers: dict[int, int] = {}
+
+    def build(self, workers: int = 2, web_threads: int = 128, **settings_env: str) -> Stack:
+        """A running system: web and `workers` Celery workers; extra settings go in as environment."""
+        assert self.free, "out of Redis databases for test stacks: stop some first"
+        number = self.free.pop(0)
+        own_redis = urlunsplit(urlsplit(self.redis_url)._replace(path=f"/{number}"))
+        database_url = self.new_database()
         migrate.upgrade(database_url)
         base_url = f"http://127.0.0.1:{free_port()}"
         settings = make_settings(database_url=database_url, redis_url=own_redis, public_base_url=base_url)
@@ -97,22 +100,50 @@ def stack_factory(redis_url: str, new_database: Callable[[], str],
         })
         runtime = build_runtime(settings)
         runtime.redis.flushdb()
-        stack = Stack(env=env, runtime=runtime, logdir=Path(tmp_path_factory.mktemp("logs")), base_url=base_url)
-        built.append(stack)
+        stack = Stack(env=env, runtime=runtime, logdir=Path(self.logs.mktemp("logs")), base_url=base_url)
+        self.numbers[id(stack)] = number
         stack.start_web(threads=web_threads)
         for n in range(workers):
             stack.start_worker(f"w{n + 1}")
+        return stack
+
+    def release(self, stack: Stack) -> None:
+        """Stop the system's processes and give its Redis database back."""
+        stack.stop_all()
+        stack.runtime.redis.flushdb()
+        stack.runtime.db.dispose()
+        self.free.append(self.numbers.pop(id(stack)))
+
+
+@pytest.fixture(scope="session")
+def stack_builder(redis_url: str, new_database: Callable[[], str],
+                  tmp_path_factory: pytest.TempPathFactory) -> StackBuilder:
+    """The session's builder of running systems."""
+    return StackBuilder(redis_url, new_database, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def stack_factory(stack_builder: StackBuilder) -> Iterator[StackFactory]:
+    """Builds running systems for one test module; they are stopped when it ends."""
+    built: list[Stack] = []
+
+    def build(workers: int = 2, web_threads: int = 128, **settings_env: str) -> Stack:
+        stack = stack_builder.build(workers, web_threads, **settings_env)
+        built.append(stack)
         return stack
 
     try:
         yield build
     finally:
         for stack in built:
-            stack.stop_all()
-            stack.runtime.db.dispose()
+            stack_builder.release(stack)
 
 
 @pytest.fixture(scope="session")
-def stack(stack_factory: StackFactory) -> Stack:
+def stack(stack_builder: StackBuilder) -> Iterator[Stack]:
     """Web (gunicorn) and two Celery workers, shared by the tests that need no special settings."""
-    return stack_factory()
+    built = stack_builder.build()
+    try:
+        yield built
+    finally:
+        stack_builder.release(built)
