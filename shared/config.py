@@ -35,6 +35,12 @@ class Settings(BaseSettings):
     # The refresh lock's TTL; by default above the longest provider call. A smaller
     # value is a misconfiguration that the fenced write still survives.
     refresh_lock_seconds: float | None = Field(default=None, gt=0)
+    # Provider calls in flight per provider host (host:port), across every worker: one
+    # tenant's stalling token endpoint then holds no more than this many calls.
+    provider_concurrency: int = Field(default=8, ge=1)
+    # How long a host whose calls keep failing (timeouts, 5xx) is left alone before a
+    # probe call may test it again (the circuit breaker's open time).
+    provider_breaker_seconds: float = Field(default=30, gt=0)
     # Threads per worker process (Celery's -c wins when given).
     worker_concurrency: int = Field(default=32, ge=1)
     # Database connections per process: a request or task holds one only while it

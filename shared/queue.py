@@ -3,6 +3,8 @@
 The web only sends tasks by name; it never imports the task code."""
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
 from kombu import Queue
 
@@ -20,7 +22,13 @@ DEFAULT_QUEUE = "celery"
 
 def build_celery(settings: Settings, name: str = "oauth") -> Celery:
     """A Celery app configured from the settings (broker and results on Redis)."""
-    app = Celery(name, broker=settings.redis_url, backend=settings.redis_url)
+    app = Celery(name)
+    app.conf.update(celery_config(settings))
+    return app
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """The Celery configuration every process shares: broker, results, redelivery."""
     # The broker's visibility timeout stays well above every task's hard time limit
     # (checked by the settings), or Redis would hand a running task to a second worker.
     # It is set in all three places Celery and kombu read it.
@@ -32,7 +40,9 @@ def build_celery(settings: Settings, name: str = "oauth") -> Celery:
         "unacked_restore_interval": max(1, min(10, visibility // 10)),
         "unacked_restore_throttle": 1,
     }
-    app.conf.update(
+    return dict(
+        broker_url=settings.redis_url,
+        result_backend=settings.redis_url,
         task_queues=(Queue(INTERACTIVE_QUEUE), Queue(DEFAULT_QUEUE)),
         task_default_queue=DEFAULT_QUEUE,
         task_serializer="json",
@@ -57,4 +67,3 @@ def build_celery(settings: Settings, name: str = "oauth") -> Celery:
         # per message would double the cost of queueing.
         task_send_sent_event=False,
     )
-    return app

@@ -55,3 +55,13 @@ def finish(client: redis.Redis, connection_id: str) -> None:
     """Clear the marker and wake whoever waits on the connection."""
     client.pipeline(transaction=False).delete(queued_key(connection_id)).publish(
         UPDATES_CHANNEL, connection_id).execute()
+
+
+def settle(client: redis.Redis, finished: Iterable[str], kept: dict[str, float]) -> None:
+    """`finish` and `keep_queued` for many connections in one round trip."""
+    pipe = client.pipeline(transaction=False)
+    for connection_id in finished:
+        pipe.delete(queued_key(connection_id)).publish(UPDATES_CHANNEL, connection_id)
+    for connection_id, seconds in kept.items():
+        pipe.set(queued_key(connection_id), 1, ex=max(1, round(seconds))).publish(UPDATES_CHANNEL, connection_id)
+    pipe.execute()

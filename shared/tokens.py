@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import Integer, String, cast, column, insert, update, values
 from sqlalchemy.orm import Session
 
 from shared.crypto import Cipher
@@ -85,6 +85,30 @@ def fenced_update(session: Session, connection_id: str, version: int, values: di
         .values(version=table.c.version + 1, **values)
     )
     return result.rowcount == 1
+
+
+def fenced_update_many(session: Session, writes: list[tuple[str, int, dict[str, Any]]]) -> set[str]:
+    """`fenced_update` for many connections in one statement per shape of values:
+    `UPDATE … FROM (VALUES …) WHERE id = v.id AND version = v.version RETURNING id` on
+    PostgreSQL, one fenced update each on SQLite (in-process, so no round trips to
+    save). Answers the ids written; the others lost to a newer write."""
+    if session.get_bind().dialect.name != "postgresql":
+        return {cid for cid, version, values in writes if fenced_update(session, cid, version, values)}
+    table = Connection.__table__
+    shapes: dict[tuple[str, ...], list[tuple[str, int, dict[str, Any]]]] = {}
+    for write in writes:
+        shapes.setdefault(tuple(sorted(write[2])), []).append(write)
+    written: set[str] = set()
+    for names, group in shapes.items():
+        rows = values(column("id", String), column("version", Integer),
+                      *(column(name, table.c[name].type) for name in names), name="v"
+                      ).data([(cid, version, *(vals[name] for name in names)) for cid, version, vals in group])
+        statement = (update(table).where(table.c.id == rows.c.id, table.c.version == rows.c.version)
+                     .values(version=table.c.version + 1,
+                             **{name: cast(rows.c[name], table.c[name].type) for name in names})
+                     .returning(table.c.id))
+        written.update(session.execute(statement).scalars())
+    return written
 
 
 def record_event(session: Session, connection: Connection, type_: str, error: str | None = None) -> None:

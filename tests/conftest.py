@@ -1,7 +1,6 @@
 """Settings and stores shared by the unit and integration suites."""
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
 import fakeredis
@@ -12,11 +11,6 @@ from shared.crypto import Cipher, new_fernet_key
 from shared.db import Database
 from shared.models import Base, Connection, Integration, Tenant, new_id, utcnow
 from shared.runtime import Runtime
-
-# The worker modules read their settings on import; give unit tests harmless ones.
-# Integration tests pass explicit settings to every process they start.
-os.environ.setdefault("SECRET_KEY", "unit-test-secret-key-0123456789")
-os.environ.setdefault("TOKEN_ENCRYPTION_KEYS", new_fernet_key())
 
 
 def make_settings(**overrides: object) -> Settings:

@@ -1,41 +1,56 @@
-"""The worker's Celery app, built once from the settings, and the runtime its tasks share."""
+"""The worker's Celery app and the runtime its tasks share, both built on first use.
+
+Importing this module (or any task module) reads no settings: the configuration is a
+promise Celery keeps when it first needs it, so `celery -A worker worker` and
+`celery -A worker beat` read the environment once, at start."""
 from __future__ import annotations
 
 import threading
 from typing import Any
 
+from celery import Celery
 from celery.signals import worker_process_init
 
 from shared.config import get_settings
-from shared.queue import SWEEP_DUE, build_celery
+from shared.queue import SWEEP_DUE, celery_config
 from shared.runtime import Runtime, build_runtime
 
 BEAT_LOCK_SECONDS = 30
+TASK_MODULES = ("worker.exchange", "worker.refresh", "worker.batch", "worker.sweep")
 
-settings = get_settings()
-celery = build_celery(settings, name="worker")
-celery.conf.update(
-    imports=("worker.exchange", "worker.refresh", "worker.sweep"),
-    # Tasks spend their time waiting on providers and the database: threads
-    # give many concurrent calls per process at little memory.
-    worker_pool="threads",
-    worker_concurrency=settings.worker_concurrency,
-    beat_schedule={
-        "sweep-due": {
-            "task": SWEEP_DUE,
-            "schedule": float(settings.refresh_sweep_seconds),
-            # A sweep nobody ran in time is dropped: the next one covers it.
-            "options": {"expires": float(settings.refresh_sweep_seconds)},
+
+def worker_config() -> dict[str, Any]:
+    """The worker's Celery configuration, from the process's settings."""
+    settings = get_settings()
+    return {
+        **celery_config(settings),
+        "imports": TASK_MODULES,
+        # Tasks spend their time waiting on providers and the database: threads
+        # give many concurrent calls per process at little memory.
+        "worker_pool": "threads",
+        "worker_concurrency": settings.worker_concurrency,
+        "beat_schedule": {
+            "sweep-due": {
+                "task": SWEEP_DUE,
+                "schedule": float(settings.refresh_sweep_seconds),
+                # A sweep nobody ran in time is dropped: the next one covers it.
+                "options": {"expires": float(settings.refresh_sweep_seconds)},
+            },
         },
-    },
-    # RedBeat keeps the schedule in Redis behind a lock, so of any number of beat
-    # processes exactly one sends; another takes over when the lock expires.
-    beat_scheduler="redbeat.RedBeatScheduler",
-    redbeat_redis_url=settings.redis_url,
-    redbeat_key_prefix="redbeat:",
-    redbeat_lock_timeout=BEAT_LOCK_SECONDS,
-    beat_max_loop_interval=min(settings.refresh_sweep_seconds, 5),
-)
+        # RedBeat keeps the schedule in Redis behind a lock, so of any number of beat
+        # processes exactly one sends; another takes over when the lock expires.
+        "beat_scheduler": "redbeat.RedBeatScheduler",
+        "redbeat_redis_url": settings.redis_url,
+        "redbeat_key_prefix": "redbeat:",
+        "redbeat_lock_timeout": BEAT_LOCK_SECONDS,
+        "beat_max_loop_interval": min(settings.refresh_sweep_seconds, 5),
+    }
+
+
+# Every task of this app is a KeeperTask (worker/task.py): `@celery.task(name=…)` is all
+# a task module writes.
+celery = Celery("worker", task_cls="worker.task:KeeperTask")
+celery.add_defaults(worker_config)
 
 _lock = threading.Lock()
 _runtime: Runtime | None = None
@@ -46,7 +61,7 @@ def runtime() -> Runtime:
     global _runtime
     with _lock:
         if _runtime is None:
-            _runtime = build_runtime(settings, celery)
+            _runtime = build_runtime(get_settings(), celery)
         return _runtime
 
 
@@ -55,5 +70,3 @@ def _after_fork(**_: Any) -> None:
     """A forked child must never share the parent's database connections."""
     if _runtime is not None:
         _runtime.db.dispose()
-
-

@@ -13,7 +13,8 @@ from shared.providers import exchange_code as post_code
 from shared.queue import EXCHANGE_CODE
 from shared.runtime import Runtime
 from shared.tokens import fenced_update, record_event, token_values
-from worker.app import celery, runtime
+from worker.app import celery
+from worker.task import KeeperTask
 
 log = logging.getLogger(__name__)
 REAUTH_WRITE_ATTEMPTS = 5
@@ -46,13 +47,13 @@ def _store(rt: Runtime, session: Session, connect_session: ConnectSession, token
     return connection.id
 
 
-@celery.task(name=EXCHANGE_CODE, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
-def exchange_code(attempt_id: str) -> None:
+@celery.task(name=EXCHANGE_CODE, bind=True)
+def exchange_code(self: KeeperTask, attempt_id: str) -> None:
     """Post the code to the token endpoint once, never again after the provider answered.
 
     The code is taken from Redis atomically before the call, so a redelivered task
     finds nothing to post and fails the attempt instead of spending the code twice."""
-    rt = runtime()
+    rt = self.rt
     try:
         _exchange(rt, attempt_id)
     except Exception:

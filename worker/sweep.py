@@ -9,10 +9,11 @@ from sqlalchemy import select, tuple_
 
 from shared import refreshes
 from shared.models import Connection, utcnow
-from shared.queue import REFRESH_BATCH, REFRESH_CONNECTION, SWEEP_DUE
+from shared.queue import REFRESH_BATCH, SWEEP_DUE
 from shared.runtime import Runtime
 from shared.tokens import due_at
-from worker.app import celery, runtime
+from worker.app import celery
+from worker.task import KeeperTask
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,8 @@ def sweep(rt: Runtime, app: Celery, batch: int = SWEEP_BATCH) -> int:
             due = [row.id for row in rows if (due_at(row.expires_at, row.lifetime_seconds, margin) or now) <= now]
             claimed = refreshes.claim(rt.redis, due)
             if claimed:
-                # One message per page; a worker fans it out (publishing costs
-                # about half a millisecond a message, the page's read far less).
+                # One message per page; a worker cuts it into chunks that are
+                # refreshed together (worker/batch.py).
                 app.send_task(REFRESH_BATCH, args=[claimed], producer=producer, ignore_result=True)
                 queued += len(claimed)
             if len(rows) < batch:
@@ -49,19 +50,9 @@ def sweep(rt: Runtime, app: Celery, batch: int = SWEEP_BATCH) -> int:
     return queued
 
 
-@celery.task(name=SWEEP_DUE, ignore_result=True)
-def sweep_due() -> int:
-    """Beat's periodic sweep."""
-    queued = sweep(runtime(), celery)
+@celery.task(name=SWEEP_DUE, bind=True)
+def sweep_due(self: KeeperTask) -> int:
+    """Beat's periodic sweep; a redelivered one is harmless (the markers hold)."""
+    queued = sweep(self.rt, self.app)
     log.info("sweep queued %d due connections", queued)
     return queued
-
-
-@celery.task(name=REFRESH_BATCH, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
-def refresh_batch(connection_ids: list[str]) -> int:
-    """Queue one `refresh_connection` per connection of a sweep page. Running twice
-    is harmless: a refresh re-checks under its lock whether it is still needed."""
-    with celery.producer_or_acquire() as producer:
-        for connection_id in connection_ids:
-            celery.send_task(REFRESH_CONNECTION, args=[connection_id], producer=producer, ignore_result=True)
-    return len(connection_ids)

@@ -1,0 +1,192 @@
+"""`refresh_batch`: a sweep page refreshed together.
+
+A page is cut into chunks of `CHUNK` connections, one message each, so that every
+worker process takes a share. A chunk then costs one lock pipeline, one `SELECT`, a
+burst of concurrent provider calls (each host's share bounded by its free slots and
+its breaker), and one transaction that writes every answer fenced, with the events.
+
+Single flight and fencing stay per connection: the locks are the same `refresh:{id}`
+locks `refresh_connection` takes, re-read under the lock, and each write is fenced by
+the version read. The crash window is the chunk's slowest call: an answer waits for
+nothing but the other answers of its chunk (each call bounded by the HTTP timeout),
+then all are committed at once."""
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from celery import Celery
+from sqlalchemy import select
+
+from shared import refreshes
+from shared.fairness import counts_against_host, host_of
+from shared.integrations import oauth_client
+from shared.locks import release_refresh_locks, take_refresh_locks
+from shared.models import Connection, Integration, utcnow
+from shared.providers import OAuthClient, ProviderError, TokenSet
+from shared.providers import refresh as post_refresh
+from shared.queue import REFRESH_BATCH, REFRESH_CONNECTION
+from shared.runtime import Runtime
+from shared.tokens import fenced_update_many, needs_refresh
+from worker.app import celery
+from worker.refresh import (
+    NO_REFRESH_TOKEN,
+    Outcome,
+    gate,
+    record_success_events,
+    refreshed_values,
+    write_failure,
+)
+from worker.task import KeeperTask
+
+log = logging.getLogger(__name__)
+
+CHUNK = 50
+CALL_THREADS = 128  # per process: the provider calls of every chunk running in it
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _calls() -> ThreadPoolExecutor:
+    """The process's pool of provider-call threads, made on first use (after any fork)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(CALL_THREADS, thread_name_prefix="provider-call")
+        return _pool
+
+
+@dataclass
+class Call:
+    """One connection of a chunk on its way to the provider, and its answer."""
+
+    connection: Connection
+    client: OAuthClient
+    host: str
+    answer: TokenSet | ProviderError | None = None
+
+
+def _post(rt: Runtime, call: Call) -> Call:
+    assert call.connection.refresh_token_enc
+    refresh_token = rt.cipher.decrypt(call.connection.refresh_token_enc)
+    try:
+        call.answer = post_refresh(call.client, refresh_token=refresh_token, timeout=rt.settings.http_timeout_seconds)
+    except ProviderError as error:
+        log.warning("refresh of %s failed: %s", call.connection.id, error.error)
+        call.answer = error
+    return call
+
+
+def refresh_chunk(rt: Runtime, app: Celery, connection_ids: list[str], deferrals: int = 0) -> Counter[str]:
+    """Refresh a chunk of connections that the sweep claimed; settle each one's marker.
+    Answers how many ended each way."""
+    held = take_refresh_locks(rt.redis, connection_ids, rt.settings.refresh_lock_ttl)
+    outcomes: Counter[str] = Counter()
+    busy = [cid for cid in connection_ids if cid not in held]
+    for connection_id in busy:
+        # Someone else is refreshing it; the single path waits for that lock and re-checks.
+        app.send_task(REFRESH_CONNECTION, args=[connection_id], countdown=random.uniform(0.5, 1.5),
+                      ignore_result=True)
+    outcomes["lock_busy"] = len(busy)
+    if not held:
+        return outcomes
+    with rt.db.session() as session:
+        rows = session.execute(select(Connection, Integration).join(Integration)
+                               .where(Connection.id.in_(list(held)))).all()
+    margin = rt.settings.refresh_margin_seconds
+    due = [row for row in rows if needs_refresh(row.Connection, None, margin)]
+    settled: dict[str, Outcome] = {cid: Outcome("not_needed") for cid in held}
+    without_token = [row.Connection for row in due if not row.Connection.refresh_token_enc]
+    by_host: dict[str, list[Call]] = {}
+    for row in due:
+        if row.Connection.refresh_token_enc:
+            client = oauth_client(rt, row.Integration)
+            by_host.setdefault(host_of(client.token_url), []).append(Call(row.Connection, client,
+                                                                          host_of(client.token_url)))
+    hosts = gate(rt)
+    going: list[Call] = []
+    leases: dict[str, list[str]] = {}
+    deferred: list[str] = []
+    wait = 0.0
+    for host, calls in by_host.items():
+        leases[host], host_wait = hosts.admit(host, len(calls))
+        going += calls[:len(leases[host])]
+        if len(leases[host]) < len(calls):
+            deferred += [call.connection.id for call in calls[len(leases[host]):]]
+            wait = max(wait, host_wait)
+    try:
+        answered = list(_calls().map(lambda call: _post(rt, call), going))
+        _write(rt, answered, without_token, settled)
+    finally:
+        for host, host_leases in leases.items():
+            alive = [c for c in going if c.host == host and not (isinstance(c.answer, ProviderError)
+                                                                  and counts_against_host(c.answer))]
+            hosts.done(host, host_leases, len(alive), len([c for c in going if c.host == host]) - len(alive))
+        for connection_id in deferred:
+            settled[connection_id] = Outcome("deferred", defer_in=wait)
+        _settle(rt, app, held, settled, deferred, wait, deferrals)
+    outcomes.update(outcome.name for outcome in settled.values())
+    return outcomes
+
+
+def _write(rt: Runtime, answered: list[Call], without_token: list[Connection], settled: dict[str, Outcome]) -> None:
+    """Every answer of the chunk in one transaction: the refreshed rows in one fenced
+    statement, the failures each fenced, and their events."""
+    now = utcnow()
+    refreshed = [call for call in answered if isinstance(call.answer, TokenSet)]
+    with rt.db.session() as session:
+        written = fenced_update_many(session, [
+            (call.connection.id, call.connection.version, refreshed_values(rt, call.answer, now))
+            for call in refreshed if isinstance(call.answer, TokenSet)])
+        for call in refreshed:
+            if call.connection.id in written:
+                record_success_events(session, call.connection)
+                settled[call.connection.id] = Outcome("refreshed")
+            else:
+                log.warning("refresh of %s lost its lock: a newer write won, this answer is dropped",
+                            call.connection.id)
+                settled[call.connection.id] = Outcome("stale")
+        for call in answered:
+            if isinstance(call.answer, ProviderError):
+                settled[call.connection.id] = write_failure(session, call.connection, call.answer, 0)
+        for connection in without_token:
+            settled[connection.id] = write_failure(session, connection, NO_REFRESH_TOKEN, 0)
+
+
+def _settle(rt: Runtime, app: Celery, held: dict[str, str], settled: dict[str, Outcome], deferred: list[str],
+            wait: float, deferrals: int) -> None:
+    """Release the locks, then settle each marker as `refresh_connection` does: cleared when
+    done, kept while a retry (now the single path's, with its first retry spent) or the
+    chunk's deferred remainder is queued."""
+    for connection_id in release_refresh_locks(rt.redis, held):
+        log.warning("refresh:%s expired before its holder released it", connection_id)
+    retries = {cid: outcome.retry_in for cid, outcome in settled.items() if outcome.retry_in is not None}
+    kept = {cid: float(refreshes.QUEUED_TTL_SECONDS) for cid in [*retries, *deferred]}
+    kept.update({cid: outcome.hold_for for cid, outcome in settled.items() if outcome.hold_for})
+    refreshes.settle(rt.redis, [cid for cid in settled if cid not in kept], kept)
+    with app.producer_or_acquire() as producer:
+        for connection_id, countdown in retries.items():
+            app.send_task(REFRESH_CONNECTION, args=[connection_id], countdown=countdown, retries=1,
+                          producer=producer, ignore_result=True)
+        if deferred:
+            countdown = min(wait * 2 ** min(deferrals, 4), 30.0) * random.uniform(0.8, 1.2)
+            app.send_task(REFRESH_BATCH, args=[deferred], kwargs={"deferrals": deferrals + 1}, countdown=countdown,
+                          producer=producer, ignore_result=True)
+
+
+@celery.task(name=REFRESH_BATCH, bind=True)
+def refresh_batch(self: KeeperTask, connection_ids: list[str], deferrals: int = 0) -> dict[str, int]:
+    """Refresh the connections of a sweep page (cut into chunks first). Running twice is
+    harmless: each connection is re-checked under its lock."""
+    if len(connection_ids) > CHUNK:
+        with self.app.producer_or_acquire() as producer:
+            for start in range(0, len(connection_ids), CHUNK):
+                self.app.send_task(REFRESH_BATCH, args=[connection_ids[start:start + CHUNK]],
+                                   kwargs={"deferrals": deferrals}, producer=producer, ignore_result=True)
+        return {"chunks": -(-len(connection_ids) // CHUNK)}
+    return dict(refresh_chunk(self.rt, self.app, connection_ids, deferrals))
