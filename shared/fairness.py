@@ -151,9 +151,11 @@ class Gate:
         self.slots = HostSlots(client, limit, lease_seconds)
         self.breaker = Breaker(client, breaker_seconds, lease_seconds)
 
-    def admit(self, host: str, wanted: int) -> tuple[list[str], float]:
-        """Leases for up to `wanted` calls now, and how long the others should wait."""
-        admission = self.breaker.admit(host)
+    def admit(self, host: str, wanted: int, breaker: bool = True) -> tuple[list[str], float]:
+        """Leases for up to `wanted` calls now, and how long the others should wait.
+        `breaker=False` skips the breaker (the built-in sandbox: its failures are injected
+        per client, on a host that every tenant using it shares)."""
+        admission = self.breaker.admit(host) if breaker else Admission(None)
         if admission.calls == 0:
             return [], min(admission.wait, LONGEST_DEFERRAL_SECONDS)
         leases = self.slots.acquire(host, wanted if admission.calls is None else min(wanted, admission.calls))
@@ -161,7 +163,8 @@ class Gate:
             self.breaker.client.delete(Breaker.keys(host)[1])  # the probe could not go: the next asker sends it
         return leases, SLOT_WAIT_SECONDS
 
-    def done(self, host: str, leases: Sequence[str], alive: int, failed: int) -> None:
+    def done(self, host: str, leases: Sequence[str], alive: int, failed: int, breaker: bool = True) -> None:
         """Give the leases back and tell the breaker how the host did."""
         self.slots.release(host, leases)
-        self.breaker.record(host, alive, failed)
+        if breaker:
+            self.breaker.record(host, alive, failed)

@@ -39,6 +39,7 @@ from worker.refresh import (
     gate,
     record_success_events,
     refreshed_values,
+    uses_breaker,
     write_failure,
 )
 from worker.task import KeeperTask
@@ -68,6 +69,7 @@ class Call:
     connection: Connection
     client: OAuthClient
     host: str
+    breaker: bool
     answer: TokenSet | ProviderError | None = None
 
 
@@ -86,49 +88,44 @@ def refresh_chunk(rt: Runtime, app: Celery, connection_ids: list[str], deferrals
     """Refresh a chunk of connections that the sweep claimed; settle each one's marker.
     Answers how many ended each way."""
     held = take_refresh_locks(rt.redis, connection_ids, rt.settings.refresh_lock_ttl)
-    outcomes: Counter[str] = Counter()
     busy = [cid for cid in connection_ids if cid not in held]
     for connection_id in busy:
         # Someone else is refreshing it; the single path waits for that lock and re-checks.
         app.send_task(REFRESH_CONNECTION, args=[connection_id], countdown=random.uniform(0.5, 1.5),
                       ignore_result=True)
-    outcomes["lock_busy"] = len(busy)
+    outcomes: Counter[str] = Counter(lock_busy=len(busy))
     if not held:
         return outcomes
     with rt.db.session() as session:
         rows = session.execute(select(Connection, Integration).join(Integration)
                                .where(Connection.id.in_(list(held)))).all()
-    margin = rt.settings.refresh_margin_seconds
-    due = [row for row in rows if needs_refresh(row.Connection, None, margin)]
     settled: dict[str, Outcome] = {cid: Outcome("not_needed") for cid in held}
+    due = [row for row in rows if needs_refresh(row.Connection, None, rt.settings.refresh_margin_seconds)]
     without_token = [row.Connection for row in due if not row.Connection.refresh_token_enc]
     by_host: dict[str, list[Call]] = {}
     for row in due:
         if row.Connection.refresh_token_enc:
             client = oauth_client(rt, row.Integration)
-            by_host.setdefault(host_of(client.token_url), []).append(Call(row.Connection, client,
-                                                                          host_of(client.token_url)))
+            call = Call(row.Connection, client, host_of(client.token_url), uses_breaker(row.Integration))
+            by_host.setdefault(call.host, []).append(call)
     hosts = gate(rt)
-    going: list[Call] = []
-    leases: dict[str, list[str]] = {}
+    admitted: dict[str, tuple[list[Call], list[str]]] = {}  # host → its calls that go now, their leases
     deferred: list[str] = []
     wait = 0.0
     for host, calls in by_host.items():
-        leases[host], host_wait = hosts.admit(host, len(calls))
-        going += calls[:len(leases[host])]
-        if len(leases[host]) < len(calls):
-            deferred += [call.connection.id for call in calls[len(leases[host]):]]
+        leases, host_wait = hosts.admit(host, len(calls), calls[0].breaker)
+        admitted[host] = (calls[:len(leases)], leases)
+        if len(leases) < len(calls):
+            deferred += [call.connection.id for call in calls[len(leases):]]
             wait = max(wait, host_wait)
     try:
-        answered = list(_calls().map(lambda call: _post(rt, call), going))
-        _write(rt, answered, without_token, settled)
+        going = [call for calls, _ in admitted.values() for call in calls]
+        _write(rt, list(_calls().map(lambda call: _post(rt, call), going)), without_token, settled)
     finally:
-        for host, host_leases in leases.items():
-            alive = [c for c in going if c.host == host and not (isinstance(c.answer, ProviderError)
-                                                                  and counts_against_host(c.answer))]
-            hosts.done(host, host_leases, len(alive), len([c for c in going if c.host == host]) - len(alive))
-        for connection_id in deferred:
-            settled[connection_id] = Outcome("deferred", defer_in=wait)
+        for host, (calls, leases) in admitted.items():
+            failed = sum(1 for c in calls if isinstance(c.answer, ProviderError) and counts_against_host(c.answer))
+            hosts.done(host, leases, len(calls) - failed, failed, by_host[host][0].breaker)
+        settled.update({cid: Outcome("deferred", defer_in=wait) for cid in deferred})
         _settle(rt, app, held, settled, deferred, wait, deferrals)
     outcomes.update(outcome.name for outcome in settled.values())
     return outcomes

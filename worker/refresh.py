@@ -59,6 +59,12 @@ def gate(rt: Runtime) -> Gate:
     return Gate(rt.redis, settings.provider_concurrency, settings.provider_breaker_seconds, settings.refresh_lock_ttl)
 
 
+def uses_breaker(integration: Integration) -> bool:
+    """Whether the host's breaker guards calls of this integration: all but the sandbox's,
+    whose failures are injected per client on a host that all its users share."""
+    return integration.provider != "sandbox"
+
+
 def write_failure(session: Session, connection: Connection, error: ProviderError, retries: int) -> Outcome:
     """Record a failed refresh (fenced, with its event) and say what follows."""
     failure = classify(error)
@@ -106,7 +112,8 @@ def refresh_once(rt: Runtime, connection_id: str, seen: str | None, retries: int
         with rt.db.session() as session:
             return write_failure(session, connection, NO_REFRESH_TOKEN, retries)
     host, hosts = host_of(client.token_url), gate(rt)
-    leases, wait = hosts.admit(host, 1)
+    breaker = uses_breaker(row.Integration)
+    leases, wait = hosts.admit(host, 1, breaker)
     if not leases:
         return Outcome("deferred", defer_in=wait)
     alive = failed = 0
@@ -128,7 +135,7 @@ def refresh_once(rt: Runtime, connection_id: str, seen: str | None, retries: int
             record_success_events(session, connection)
         return Outcome("refreshed")
     finally:
-        hosts.done(host, leases, alive, failed)
+        hosts.done(host, leases, alive, failed, breaker)
 
 
 @celery.task(name=REFRESH_CONNECTION, bind=True, max_retries=MAX_RETRIES)
