@@ -140,7 +140,7 @@ class Breaker:
             self._failed(keys=self.keys(host), args=[self.failures, self.cooldown_ms, failed])
 
 
-SLOT_WAIT_SECONDS = 0.5  # how soon a refresh that found no free slot asks again
+SLOT_WAIT_SECONDS = 0.25  # how soon a refresh that found no free slot asks again
 LONGEST_DEFERRAL_SECONDS = 30.0
 
 

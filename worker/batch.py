@@ -46,7 +46,10 @@ from worker.task import KeeperTask
 
 log = logging.getLogger(__name__)
 
-CHUNK = 50
+CHUNK = 25
+# A chunk that keeps finding its host's slots taken asks again a little later each time, up to
+# this; a breaker's wait is taken as it is.
+MAX_SLOT_WAIT_SECONDS = 2.0
 CALL_THREADS = 128  # per process: the provider calls of every chunk running in it
 
 _pool: ThreadPoolExecutor | None = None
@@ -85,17 +88,38 @@ def _post(rt: Runtime, call: Call) -> Call:
 
 
 def refresh_chunk(rt: Runtime, app: Celery, connection_ids: list[str], deferrals: int = 0) -> Counter[str]:
-    """Refresh a chunk of connections that the sweep claimed; settle each one's marker.
-    Answers how many ended each way."""
+    """Refresh a chunk of connections that the sweep claimed, and settle each one's marker;
+    answers how many ended each way. Connections whose host had no free slot go again at
+    once while others of the chunk could go (the task is working, not waiting); when
+    none could, they are queued again for later, holding no thread meanwhile."""
+    outcomes: Counter[str] = Counter()
+    while True:
+        went, deferred, wait = _refresh_once(rt, app, connection_ids, outcomes)
+        if not deferred:
+            return outcomes
+        if not went:
+            countdown = min(wait * 1.2 ** deferrals, max(wait, MAX_SLOT_WAIT_SECONDS)) * random.uniform(0.5, 1.5)
+            app.send_task(REFRESH_BATCH, args=[deferred], kwargs={"deferrals": deferrals + 1}, countdown=countdown,
+                          ignore_result=True)
+            outcomes["deferred"] += len(deferred)
+            return outcomes
+        connection_ids = deferred
+
+
+def _refresh_once(rt: Runtime, app: Celery, connection_ids: list[str],
+                  outcomes: Counter[str]) -> tuple[int, list[str], float]:
+    """One pass: lock, read, call whatever the hosts admit, write, settle. Answers how many
+    calls went, the connections left for later (their locks released, markers kept) and
+    how long their hosts ask them to wait."""
     held = take_refresh_locks(rt.redis, connection_ids, rt.settings.refresh_lock_ttl)
     busy = [cid for cid in connection_ids if cid not in held]
     for connection_id in busy:
         # Someone else is refreshing it; the single path waits for that lock and re-checks.
         app.send_task(REFRESH_CONNECTION, args=[connection_id], countdown=random.uniform(0.5, 1.5),
                       ignore_result=True)
-    outcomes: Counter[str] = Counter(lock_busy=len(busy))
+    outcomes["lock_busy"] += len(busy)
     if not held:
-        return outcomes
+        return 0, [], 0.0
     with rt.db.session() as session:
         rows = session.execute(select(Connection, Integration).join(Integration)
                                .where(Connection.id.in_(list(held)))).all()
@@ -118,17 +142,17 @@ def refresh_chunk(rt: Runtime, app: Celery, connection_ids: list[str], deferrals
         if len(leases) < len(calls):
             deferred += [call.connection.id for call in calls[len(leases):]]
             wait = max(wait, host_wait)
+    going = [call for calls, _ in admitted.values() for call in calls]
     try:
-        going = [call for calls, _ in admitted.values() for call in calls]
         _write(rt, list(_calls().map(lambda call: _post(rt, call), going)), without_token, settled)
     finally:
         for host, (calls, leases) in admitted.items():
             failed = sum(1 for c in calls if isinstance(c.answer, ProviderError) and counts_against_host(c.answer))
             hosts.done(host, leases, len(calls) - failed, failed, by_host[host][0].breaker)
         settled.update({cid: Outcome("deferred", defer_in=wait) for cid in deferred})
-        _settle(rt, app, held, settled, deferred, wait, deferrals)
-    outcomes.update(outcome.name for outcome in settled.values())
-    return outcomes
+        _settle(rt, app, held, settled)
+    outcomes.update(outcome.name for outcome in settled.values() if outcome.defer_in is None)
+    return len(going), deferred, wait
 
 
 def _write(rt: Runtime, answered: list[Call], without_token: list[Connection], settled: dict[str, Outcome]) -> None:
@@ -155,24 +179,20 @@ def _write(rt: Runtime, answered: list[Call], without_token: list[Connection], s
             settled[connection.id] = write_failure(session, connection, NO_REFRESH_TOKEN, 0)
 
 
-def _settle(rt: Runtime, app: Celery, held: dict[str, str], settled: dict[str, Outcome], deferred: list[str],
-            wait: float, deferrals: int) -> None:
+def _settle(rt: Runtime, app: Celery, held: dict[str, str], settled: dict[str, Outcome]) -> None:
     """Release the locks, then settle each marker as `refresh_connection` does: cleared when
     done, kept while a retry (now the single path's, with its first retry spent) or the
     chunk's deferred remainder is queued."""
     for connection_id in release_refresh_locks(rt.redis, held):
         log.warning("refresh:%s expired before its holder released it", connection_id)
     retries = {cid: outcome.retry_in for cid, outcome in settled.items() if outcome.retry_in is not None}
+    deferred = [cid for cid, outcome in settled.items() if outcome.defer_in is not None]
     kept = {cid: float(refreshes.QUEUED_TTL_SECONDS) for cid in [*retries, *deferred]}
     kept.update({cid: outcome.hold_for for cid, outcome in settled.items() if outcome.hold_for})
     refreshes.settle(rt.redis, [cid for cid in settled if cid not in kept], kept)
     with app.producer_or_acquire() as producer:
         for connection_id, countdown in retries.items():
             app.send_task(REFRESH_CONNECTION, args=[connection_id], countdown=countdown, retries=1,
-                          producer=producer, ignore_result=True)
-        if deferred:
-            countdown = min(wait * 2 ** min(deferrals, 4), 30.0) * random.uniform(0.8, 1.2)
-            app.send_task(REFRESH_BATCH, args=[deferred], kwargs={"deferrals": deferrals + 1}, countdown=countdown,
                           producer=producer, ignore_result=True)
 
 

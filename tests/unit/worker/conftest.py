@@ -46,7 +46,7 @@ class TokenEndpoint:
         self.forms: list[dict[str, list[str]]] = []
         self.gate = threading.Event()
         self.gate.set()
-        self.in_flight = 0
+        self.in_flight = self.most_in_flight = 0
         self.lock = threading.Lock()
         endpoint = self
 
@@ -59,6 +59,7 @@ class TokenEndpoint:
                     endpoint.forms.append(parse_qs(self.rfile.read(length).decode()))
                     reply = endpoint.replies.pop(0) if endpoint.replies else endpoint.default
                     endpoint.in_flight += 1
+                    endpoint.most_in_flight = max(endpoint.most_in_flight, endpoint.in_flight)
                 try:
                     endpoint.gate.wait(30)
                     time.sleep(reply.delay)

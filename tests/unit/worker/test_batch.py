@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from shared import refreshes
+from shared.fairness import HostSlots, host_of
 from shared.locks import RefreshLock
 from shared.queue import REFRESH_BATCH, REFRESH_CONNECTION
 from shared.runtime import Runtime
@@ -89,21 +90,34 @@ def test_a_connection_locked_by_another_refresh_is_handed_to_the_single_path(wor
     assert rt.redis.get(f"refresh:{locked}") == lock.local.token, "another's lock is left alone"
 
 
-def test_calls_over_the_hosts_cap_are_deferred_with_their_markers_kept(worker_runtime: Runtime,
-                                                                       endpoint: TokenEndpoint) -> None:
+def test_a_chunk_larger_than_its_hosts_cap_goes_in_turns(worker_runtime: Runtime, endpoint: TokenEndpoint) -> None:
     rt = worker_runtime  # 4 calls per host
-    ids = connections_at(rt, endpoint.url, count=6)
-    refreshes.claim(rt.redis, ids)
+    ids = connections_at(rt, endpoint.url, count=10)
+    endpoint.default = Reply(delay=0.1)
     celery = RecordingCelery()
-    outcomes = refresh_chunk(rt, celery, ids)  # type: ignore[arg-type]
-    assert outcomes["refreshed"] == 4 and outcomes["deferred"] == 2
-    assert len(endpoint.forms) == 4
+    assert refresh_chunk(rt, celery, ids)["refreshed"] == 10  # type: ignore[arg-type]
+    assert endpoint.most_in_flight == 4 and len(endpoint.forms) == 10
+    assert celery.sent == []
+
+
+def test_a_chunk_whose_host_has_no_free_slot_is_queued_again_holding_nothing(worker_runtime: Runtime,
+                                                                            endpoint: TokenEndpoint) -> None:
+    rt = worker_runtime
+    ids = connections_at(rt, endpoint.url, count=3)
+    refreshes.claim(rt.redis, ids)
+    slots = HostSlots(rt.redis, limit=4, lease_seconds=30)
+    taken = slots.acquire(host_of(endpoint.url), 4)  # another worker's calls
+    celery = RecordingCelery()
+    assert refresh_chunk(rt, celery, ids, deferrals=2)["deferred"] == 3  # type: ignore[arg-type]
+    assert endpoint.forms == []
     ((name, (later,), options),) = celery.sent
-    assert name == REFRESH_BATCH and len(later) == 2 and options["kwargs"] == {"deferrals": 1}
+    assert name == REFRESH_BATCH and sorted(later) == sorted(ids) and options["kwargs"] == {"deferrals": 3}
     assert 0 < options["countdown"] <= 1
-    assert all(rt.redis.exists(refreshes.queued_key(cid)) for cid in later)
-    assert all(stored(rt, cid).version == 1 for cid in later)
-    assert refresh_chunk(rt, RecordingCelery(), later)["refreshed"] == 2  # type: ignore[arg-type]
+    assert all(rt.redis.exists(refreshes.queued_key(cid)) for cid in ids), "still queued: nobody queues them twice"
+    assert not any(rt.redis.exists(f"refresh:{cid}") for cid in ids), "no lock held while waiting"
+    assert all(stored(rt, cid).version == 1 for cid in ids)
+    slots.release(host_of(endpoint.url), taken)
+    assert refresh_chunk(rt, RecordingCelery(), later)["refreshed"] == 3  # type: ignore[arg-type]
 
 
 def test_a_stale_answer_in_a_chunk_is_dropped_and_the_rest_written(worker_runtime: Runtime,
