@@ -98,16 +98,23 @@ def refresh_chunk(rt: Runtime, app: Celery, connection_ids: list[str], deferrals
         if not deferred:
             return outcomes
         if not went:
-            countdown = min(wait * 1.2 ** deferrals, max(wait, MAX_SLOT_WAIT_SECONDS)) * random.uniform(0.5, 1.5)
-            app.send_task(REFRESH_BATCH, args=[deferred], kwargs={"deferrals": deferrals + 1}, countdown=countdown,
-                          ignore_result=True)
-            outcomes["deferred"] += len(deferred)
+            for host, ids in deferred.items():
+                defer(app, ids, host, wait, deferrals)
+                outcomes["deferred"] += len(ids)
             return outcomes
-        connection_ids = deferred
+        connection_ids = [cid for ids in deferred.values() for cid in ids]
+
+
+def defer(app: Celery, connection_ids: list[str], host: str, wait: float, deferrals: int) -> None:
+    """Queue connections of one host again, to go in about `wait` seconds (a little later
+    each time they find no room; a breaker's wait as it is)."""
+    countdown = min(wait * 1.2 ** deferrals, max(wait, MAX_SLOT_WAIT_SECONDS)) * random.uniform(0.5, 1.5)
+    app.send_task(REFRESH_BATCH, args=[connection_ids], kwargs={"deferrals": deferrals + 1, "host": host},
+                  countdown=countdown, ignore_result=True)
 
 
 def _refresh_once(rt: Runtime, app: Celery, connection_ids: list[str],
-                  outcomes: Counter[str]) -> tuple[int, list[str], float]:
+                  outcomes: Counter[str]) -> tuple[int, dict[str, list[str]], float]:
     """One pass: lock, read, call whatever the hosts admit, write, settle. Answers how many
     calls went, the connections left for later (their locks released, markers kept) and
     how long their hosts ask them to wait."""
@@ -119,7 +126,7 @@ def _refresh_once(rt: Runtime, app: Celery, connection_ids: list[str],
                       ignore_result=True)
     outcomes["lock_busy"] += len(busy)
     if not held:
-        return 0, [], 0.0
+        return 0, {}, 0.0
     with rt.db.session() as session:
         rows = session.execute(select(Connection, Integration).join(Integration)
                                .where(Connection.id.in_(list(held)))).all()
@@ -134,13 +141,13 @@ def _refresh_once(rt: Runtime, app: Celery, connection_ids: list[str],
             by_host.setdefault(call.host, []).append(call)
     hosts = gate(rt)
     admitted: dict[str, tuple[list[Call], list[str]]] = {}  # host → its calls that go now, their leases
-    deferred: list[str] = []
+    deferred: dict[str, list[str]] = {}  # host → connections left for later
     wait = 0.0
     for host, calls in by_host.items():
         leases, host_wait = hosts.admit(host, len(calls), calls[0].breaker)
         admitted[host] = (calls[:len(leases)], leases)
         if len(leases) < len(calls):
-            deferred += [call.connection.id for call in calls[len(leases):]]
+            deferred[host] = [call.connection.id for call in calls[len(leases):]]
             wait = max(wait, host_wait)
     going = [call for calls, _ in admitted.values() for call in calls]
     try:
@@ -149,7 +156,7 @@ def _refresh_once(rt: Runtime, app: Celery, connection_ids: list[str],
         for host, (calls, leases) in admitted.items():
             failed = sum(1 for c in calls if isinstance(c.answer, ProviderError) and counts_against_host(c.answer))
             hosts.done(host, leases, len(calls) - failed, failed, by_host[host][0].breaker)
-        settled.update({cid: Outcome("deferred", defer_in=wait) for cid in deferred})
+        settled.update({cid: Outcome("deferred", defer_in=wait) for ids in deferred.values() for cid in ids})
         _settle(rt, app, held, settled)
     outcomes.update(outcome.name for outcome in settled.values() if outcome.defer_in is None)
     return len(going), deferred, wait
@@ -197,9 +204,16 @@ def _settle(rt: Runtime, app: Celery, held: dict[str, str], settled: dict[str, O
 
 
 @celery.task(name=REFRESH_BATCH, bind=True)
-def refresh_batch(self: KeeperTask, connection_ids: list[str], deferrals: int = 0) -> dict[str, int]:
+def refresh_batch(self: KeeperTask, connection_ids: list[str], deferrals: int = 0,
+                  host: str | None = None) -> dict[str, int]:
     """Refresh the connections of a sweep page (cut into chunks first). Running twice is
-    harmless: each connection is re-checked under its lock."""
+    harmless: each connection is re-checked under its lock. A chunk deferred for its `host`
+    first looks whether that host has room, and waits again (queued) if it has none."""
+    if host is not None:
+        wait = gate(self.rt).wait_before(host)
+        if wait:
+            defer(self.app, connection_ids, host, wait, deferrals)
+            return {"deferred": len(connection_ids)}
     if len(connection_ids) > CHUNK:
         with self.app.producer_or_acquire() as producer:
             for start in range(0, len(connection_ids), CHUNK):

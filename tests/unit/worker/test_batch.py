@@ -111,7 +111,8 @@ def test_a_chunk_whose_host_has_no_free_slot_is_queued_again_holding_nothing(wor
     assert refresh_chunk(rt, celery, ids, deferrals=2)["deferred"] == 3  # type: ignore[arg-type]
     assert endpoint.forms == []
     ((name, (later,), options),) = celery.sent
-    assert name == REFRESH_BATCH and sorted(later) == sorted(ids) and options["kwargs"] == {"deferrals": 3}
+    assert name == REFRESH_BATCH and sorted(later) == sorted(ids)
+    assert options["kwargs"] == {"deferrals": 3, "host": host_of(endpoint.url)}
     assert 0 < options["countdown"] <= 1
     assert all(rt.redis.exists(refreshes.queued_key(cid)) for cid in ids), "still queued: nobody queues them twice"
     assert not any(rt.redis.exists(f"refresh:{cid}") for cid in ids), "no lock held while waiting"
