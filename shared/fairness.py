@@ -187,3 +187,47 @@ class Gate:
         self.slots.release(host, leases)
         if breaker:
             self.breaker.record(host, alive, failed)
+
+
+TURN_SECONDS = 5.0  # a waiting turn that no finished call wakes goes by itself after this
+
+
+class Turns:
+    """Refreshes waiting for a host's slots, woken in order as calls finish, so a freed slot
+    is taken at once instead of when a poll comes round. Each turn is also queued to go
+    by itself after `TURN_SECONDS`, should nothing wake it (a worker died holding slots);
+    whichever comes first takes the turn's payload, so it runs once."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    @staticmethod
+    def _keys(host: str, turn: str) -> tuple[str, str]:
+        return f"provider-waiting:{host}", f"provider-turn:{turn}"
+
+    def wait(self, host: str, payload: str) -> str:
+        """Queue a turn for `host` carrying `payload` (connection ids only); answer its id."""
+        turn = secrets.token_hex(8)
+        waiting, key = self._keys(host, turn)
+        self.client.pipeline(transaction=False).set(key, payload, ex=int(TURN_SECONDS * 10)).rpush(
+            waiting, turn).expire(waiting, int(TURN_SECONDS * 10)).execute()
+        return turn
+
+    def wake(self, host: str, count: int) -> list[str]:
+        """Take up to `count` waiting turns of `host`; answer their payloads."""
+        waiting = self._keys(host, "")[0]
+        payloads: list[str] = []
+        for _ in range(count):
+            turn = self.client.lpop(waiting)
+            if turn is None:
+                break
+            payload = self.client.getdel(self._keys(host, turn.decode())[1])
+            if payload is not None:
+                payloads.append(payload.decode())
+        return payloads
+
+    def take(self, host: str, turn: str) -> bool:
+        """For a turn going by itself: True if nothing woke it first (it is taken now)."""
+        waiting, key = self._keys(host, turn)
+        taken, _ = self.client.pipeline(transaction=False).delete(key).lrem(waiting, 1, turn).execute()
+        return bool(taken)

@@ -12,6 +12,7 @@ nothing but the other answers of its chunk (each call bounded by the HTTP timeou
 then all are committed at once."""
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
@@ -23,7 +24,7 @@ from celery import Celery
 from sqlalchemy import select
 
 from shared import refreshes
-from shared.fairness import counts_against_host, host_of
+from shared.fairness import SLOT_WAIT_SECONDS, TURN_SECONDS, Turns, counts_against_host, host_of
 from shared.integrations import oauth_client
 from shared.locks import release_refresh_locks, take_refresh_locks
 from shared.models import Connection, Integration, utcnow
@@ -47,9 +48,6 @@ from worker.task import KeeperTask
 log = logging.getLogger(__name__)
 
 CHUNK = 25
-# A chunk that keeps finding its host's slots taken asks again a little later each time, up to
-# this; a breaker's wait is taken as it is.
-MAX_SLOT_WAIT_SECONDS = 2.0
 CALL_THREADS = 128  # per process: the provider calls of every chunk running in it
 
 _pool: ThreadPoolExecutor | None = None
@@ -99,18 +97,32 @@ def refresh_chunk(rt: Runtime, app: Celery, connection_ids: list[str], deferrals
             return outcomes
         if not went:
             for host, ids in deferred.items():
-                defer(app, ids, host, wait, deferrals)
+                defer(rt, app, ids, host, wait, deferrals)
                 outcomes["deferred"] += len(ids)
             return outcomes
         connection_ids = [cid for ids in deferred.values() for cid in ids]
 
 
-def defer(app: Celery, connection_ids: list[str], host: str, wait: float, deferrals: int) -> None:
-    """Queue connections of one host again, to go in about `wait` seconds (a little later
-    each time they find no room; a breaker's wait as it is)."""
-    countdown = min(wait * 1.2 ** deferrals, max(wait, MAX_SLOT_WAIT_SECONDS)) * random.uniform(0.5, 1.5)
+def defer(rt: Runtime, app: Celery, connection_ids: list[str], host: str, wait: float, deferrals: int) -> None:
+    """Queue connections of one host again. Waiting for a slot (`wait` of `SLOT_WAIT_SECONDS`
+    or less), they take a turn that the next call to finish at that host wakes; waiting for
+    its breaker, they go when it is due to let a probe through."""
+    if wait <= SLOT_WAIT_SECONDS:
+        turn = Turns(rt.redis).wait(host, json.dumps({"ids": connection_ids, "deferrals": deferrals + 1}))
+        app.send_task(REFRESH_BATCH, args=[connection_ids],
+                      kwargs={"deferrals": deferrals + 1, "host": host, "turn": turn},
+                      countdown=TURN_SECONDS * random.uniform(0.8, 1.2), ignore_result=True)
+        return
     app.send_task(REFRESH_BATCH, args=[connection_ids], kwargs={"deferrals": deferrals + 1, "host": host},
-                  countdown=countdown, ignore_result=True)
+                  countdown=wait * random.uniform(1.0, 1.2), ignore_result=True)
+
+
+def wake(rt: Runtime, app: Celery, host: str, released: int) -> None:
+    """Send the turns that `released` freed slots of `host` make room for, oldest first."""
+    for payload in Turns(rt.redis).wake(host, max(1, round(released / CHUNK))):
+        turn = json.loads(payload)
+        app.send_task(REFRESH_BATCH, args=[turn["ids"]], kwargs={"deferrals": turn["deferrals"]},
+                      ignore_result=True)
 
 
 def _refresh_once(rt: Runtime, app: Celery, connection_ids: list[str],
@@ -156,6 +168,8 @@ def _refresh_once(rt: Runtime, app: Celery, connection_ids: list[str],
         for host, (calls, leases) in admitted.items():
             failed = sum(1 for c in calls if isinstance(c.answer, ProviderError) and counts_against_host(c.answer))
             hosts.done(host, leases, len(calls) - failed, failed, by_host[host][0].breaker)
+            if leases:
+                wake(rt, app, host, len(leases))
         settled.update({cid: Outcome("deferred", defer_in=wait) for ids in deferred.values() for cid in ids})
         _settle(rt, app, held, settled)
     outcomes.update(outcome.name for outcome in settled.values() if outcome.defer_in is None)
@@ -204,15 +218,19 @@ def _settle(rt: Runtime, app: Celery, held: dict[str, str], settled: dict[str, O
 
 
 @celery.task(name=REFRESH_BATCH, bind=True)
-def refresh_batch(self: KeeperTask, connection_ids: list[str], deferrals: int = 0,
-                  host: str | None = None) -> dict[str, int]:
+def refresh_batch(self: KeeperTask, connection_ids: list[str], deferrals: int = 0, host: str | None = None,
+                  turn: str | None = None) -> dict[str, int]:
     """Refresh the connections of a sweep page (cut into chunks first). Running twice is
     harmless: each connection is re-checked under its lock. A chunk deferred for its `host`
-    first looks whether that host has room, and waits again (queued) if it has none."""
+    runs only if no finished call woke its `turn` first, and looks whether the host has
+    room (one round trip) before any lock or read."""
+    rt = self.rt
     if host is not None:
-        wait = gate(self.rt).wait_before(host)
+        if turn is not None and not Turns(rt.redis).take(host, turn):
+            return {"woken_earlier": len(connection_ids)}
+        wait = gate(rt).wait_before(host)
         if wait:
-            defer(self.app, connection_ids, host, wait, deferrals)
+            defer(rt, self.app, connection_ids, host, wait, deferrals)
             return {"deferred": len(connection_ids)}
     if len(connection_ids) > CHUNK:
         with self.app.producer_or_acquire() as producer:
@@ -220,4 +238,4 @@ def refresh_batch(self: KeeperTask, connection_ids: list[str], deferrals: int = 
                 self.app.send_task(REFRESH_BATCH, args=[connection_ids[start:start + CHUNK]],
                                    kwargs={"deferrals": deferrals}, producer=producer, ignore_result=True)
         return {"chunks": -(-len(connection_ids) // CHUNK)}
-    return dict(refresh_chunk(self.rt, self.app, connection_ids, deferrals))
+    return dict(refresh_chunk(rt, self.app, connection_ids, deferrals))

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from shared import refreshes
-from shared.fairness import HostSlots, host_of
+from shared.fairness import HostSlots, Turns, host_of
 from shared.locks import RefreshLock
 from shared.queue import REFRESH_BATCH, REFRESH_CONNECTION
 from shared.runtime import Runtime
@@ -112,11 +112,19 @@ def test_a_chunk_whose_host_has_no_free_slot_is_queued_again_holding_nothing(wor
     assert endpoint.forms == []
     ((name, (later,), options),) = celery.sent
     assert name == REFRESH_BATCH and sorted(later) == sorted(ids)
+    turn = options["kwargs"].pop("turn")
     assert options["kwargs"] == {"deferrals": 3, "host": host_of(endpoint.url)}
-    assert 0 < options["countdown"] <= 1
+    assert 4 <= options["countdown"] <= 6, "a turn goes by itself if nothing wakes it"
     assert all(rt.redis.exists(refreshes.queued_key(cid)) for cid in ids), "still queued: nobody queues them twice"
     assert not any(rt.redis.exists(f"refresh:{cid}") for cid in ids), "no lock held while waiting"
     assert all(stored(rt, cid).version == 1 for cid in ids)
+    # Another worker's calls end: the first chunk to finish at that host wakes the turn at once.
+    slots.release(host_of(endpoint.url), taken)
+    (other,) = connections_at(rt, endpoint.url)
+    woken = RecordingCelery()
+    assert refresh_chunk(rt, woken, [other])["refreshed"] == 1  # type: ignore[arg-type]
+    assert [(name, sorted(args[0])) for name, args, _ in woken.sent] == [(REFRESH_BATCH, sorted(ids))]
+    assert not Turns(rt.redis).take(host_of(endpoint.url), turn), "the turn's own message will find it taken"
     slots.release(host_of(endpoint.url), taken)
     assert refresh_chunk(rt, RecordingCelery(), later)["refreshed"] == 3  # type: ignore[arg-type]
 
