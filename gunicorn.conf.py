@@ -7,6 +7,8 @@ import os
 
 from gunicorn.glogging import Logger
 
+from shared.logs import gunicorn_logconfig
+
 
 def _int(name: str, default: int) -> int:
     value = os.environ.get(name, "").strip()
@@ -36,10 +38,13 @@ max_requests_jitter = 20_000
 # Behind a proxy (compose, a load balancer): honour its X-Forwarded-* headers.
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 
-# Logs go to stdout/stderr, for the process manager to collect.
+# Logs go to stderr, for the process manager to collect: one JSON object per line
+# (LOG_FORMAT=text for plain lines), with secrets redacted (shared/logs.py).
 accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
+logconfig_dict = gunicorn_logconfig(os.environ.get("LOG_FORMAT", "json").lower(),
+                                    os.environ.get("LOG_LEVEL", "INFO").upper())
 # Method and path only, never the query string: the OAuth callback carries the
 # authorization `code` (and `state`) in its query, and a code must never reach a
 # log. So no %(r)s (the request line), no %(q)s (the query) and no %(U)s?%(q)s.
