@@ -10,7 +10,7 @@ from werkzeug.exceptions import HTTPException
 from shared import logs
 from shared.config import Settings, get_settings
 from shared.runtime import Runtime, build_runtime
-from web.metrics import StateCollector
+from web.metrics import StateCollector, count_requests
 from web.updates import UpdateListener
 
 
@@ -47,6 +47,7 @@ def create_app(settings: Settings | None = None, runtime_: Runtime | None = None
         app.register_blueprint(sandbox.bp)
     cli.register(app)
     app.before_request(_log_context)
+    count_requests(app)
     return app
 
 

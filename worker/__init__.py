@@ -1,5 +1,5 @@
 """Celery workers: `celery -A worker worker` and `celery -A worker beat` find `worker.celery`."""
-from worker import logs  # noqa: F401 - connects the logging signals before Celery sets up logging
+from worker import logs, metrics  # noqa: F401 - connect their signals before Celery sets up the worker
 from worker.app import celery
 
 __all__ = ["celery"]
