@@ -34,12 +34,14 @@ def test_slots_are_capped_per_host_and_given_back() -> None:
     assert len(slots.acquire("a:443", 5)) == 2
 
 
-def test_a_lease_of_a_worker_that_died_expires() -> None:
-    slots = HostSlots(fakeredis.FakeRedis(), limit=2, lease_seconds=0.2)
-    assert len(slots.acquire("a:443", 2)) == 2  # never released
+def test_a_lease_of_a_worker_that_died_expires_while_others_live_on() -> None:
+    slots = HostSlots(fakeredis.FakeRedis(), limit=2, lease_seconds=0.3)
+    assert len(slots.acquire("a:443", 1)) == 1  # its worker dies: never released
+    time.sleep(0.2)
+    assert len(slots.acquire("a:443", 1)) == 1  # a live one, taken later
     assert slots.acquire("a:443", 1) == []
-    time.sleep(0.3)
-    assert len(slots.acquire("a:443", 2)) == 2
+    time.sleep(0.15)  # the dead worker's lease is over; the live one is not
+    assert len(slots.acquire("a:443", 2)) == 1
 
 
 def test_the_breaker_opens_after_failures_in_a_row_and_a_probe_closes_it() -> None:
