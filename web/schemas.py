@@ -71,3 +71,12 @@ class ConnectSessionIn(Body):
 
     _return_url = field_validator("return_url")(_absolute_http_url)
 
+
+
+class WebhookIn(Body):
+    """`PUT /api/v1/webhook`."""
+
+    url: str = Field(max_length=2000)
+    rotate_secret: bool = False
+
+    _url = field_validator("url")(_absolute_http_url)
