@@ -44,8 +44,9 @@ BACKOFF_SECONDS = (3, 30, 120, 300, 600, 1200, 1800, 3600, 3600)
 MAX_ATTEMPTS = len(BACKOFF_SECONDS) + 1
 REQUEUE_SECONDS = 5
 # Marks a delivery as sitting in the queue, so the re-queue does not send it twice;
-# it outlives any normal wait in the queue and expires after a lost message.
-QUEUED_TTL_SECONDS = 60
+# it outlives a normal wait in the queue and expires after a lost message (a duplicate
+# sent after a longer wait is harmless: the delivery's lock and due check stop it).
+QUEUED_TTL_SECONDS = 30
 SECRET_PREFIX = "whsec_"
 _PENDING = "webhook_deliveries"  # key in Session.info: delivery ids to queue after commit
 

@@ -146,12 +146,12 @@ def _defer(rt: Runtime, delivery_id: str, now: datetime) -> None:
 
 @celery.task(name=DELIVER_WEBHOOK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def deliver_webhook(delivery_id: str) -> str:
-    """One delivery attempt; whatever happens, the delivery may be queued again."""
+    """One delivery attempt. The queued marker is cleared first: from here on the
+    delivery's lock covers it, and a worker killed mid-POST leaves only that lock,
+    after which the re-queue sends the delivery again."""
     rt = runtime()
-    try:
-        return deliver(rt, delivery_id)
-    finally:
-        rt.redis.delete(webhooks.queued_key(delivery_id))
+    rt.redis.delete(webhooks.queued_key(delivery_id))
+    return deliver(rt, delivery_id)
 
 
 def requeue(rt: Runtime) -> int:
