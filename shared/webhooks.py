@@ -109,9 +109,15 @@ def send(client: redis.Redis, celery: Celery, delivery_ids: Iterable[str], produ
     for delivery_id in ids:
         pipe.set(queued_key(delivery_id), 1, nx=True, ex=QUEUED_TTL_SECONDS)
     fresh = [delivery_id for delivery_id, claimed in zip(ids, pipe.execute(), strict=True) if claimed]
-    for delivery_id in fresh:
-        celery.send_task(DELIVER_WEBHOOK, args=[delivery_id], queue=WEBHOOK_QUEUE, ignore_result=True,
-                         producer=producer)
+    for n, delivery_id in enumerate(fresh):
+        try:
+            # No publish retries: a broker that is down must not hold up the caller; the
+            # re-queue sends the delivery once it is back.
+            celery.send_task(DELIVER_WEBHOOK, args=[delivery_id], queue=WEBHOOK_QUEUE, ignore_result=True,
+                             producer=producer, retry=False)
+        except Exception:
+            client.delete(*(queued_key(unsent) for unsent in fresh[n:]))
+            raise
     return len(fresh)
 
 
