@@ -100,7 +100,7 @@ def queued_key(delivery_id: str) -> str:
     return f"webhook-queued:{delivery_id}"
 
 
-def send(client: redis.Redis, celery: Celery, delivery_ids: Iterable[str], producer: Any = None) -> int:
+def send(client: redis.Redis, celery: Celery, delivery_ids: Iterable[str]) -> int:
     """Queue the deliveries that are not queued already; return how many were sent."""
     ids = list(delivery_ids)
     if not ids:
@@ -114,7 +114,7 @@ def send(client: redis.Redis, celery: Celery, delivery_ids: Iterable[str], produ
             # No publish retries: a broker that is down must not hold up the caller; the
             # re-queue sends the delivery once it is back.
             celery.send_task(DELIVER_WEBHOOK, args=[delivery_id], queue=WEBHOOK_QUEUE, ignore_result=True,
-                             producer=producer, retry=False)
+                             retry=False)
         except Exception:
             client.delete(*(queued_key(unsent) for unsent in fresh[n:]))
             raise

@@ -161,19 +161,18 @@ def requeue(rt: Runtime) -> int:
     now = utcnow()
     due = WebhookDelivery.next_attempt_at <= now
     sent, after = 0, ""
-    with celery.producer_or_acquire() as producer:
-        while True:
-            with rt.db.session() as session:
-                tenants = session.scalars(select(WebhookDelivery.tenant_id).where(due, WebhookDelivery.tenant_id > after)
-                                          .group_by(WebhookDelivery.tenant_id).order_by(WebhookDelivery.tenant_id)
-                                          .limit(REQUEUE_TENANTS_PAGE)).all()
-                ids = [delivery_id for tenant_id in tenants for delivery_id in session.scalars(
-                    select(WebhookDelivery.id).where(WebhookDelivery.tenant_id == tenant_id, due)
-                    .order_by(WebhookDelivery.next_attempt_at).limit(REQUEUE_PER_TENANT))]
-            sent += webhooks.send(rt.redis, celery, ids, producer=producer)
-            if len(tenants) < REQUEUE_TENANTS_PAGE:
-                return sent
-            after = tenants[-1]
+    while True:
+        with rt.db.session() as session:
+            tenants = session.scalars(select(WebhookDelivery.tenant_id).where(due, WebhookDelivery.tenant_id > after)
+                                      .group_by(WebhookDelivery.tenant_id).order_by(WebhookDelivery.tenant_id)
+                                      .limit(REQUEUE_TENANTS_PAGE)).all()
+            ids = [delivery_id for tenant_id in tenants for delivery_id in session.scalars(
+                select(WebhookDelivery.id).where(WebhookDelivery.tenant_id == tenant_id, due)
+                .order_by(WebhookDelivery.next_attempt_at).limit(REQUEUE_PER_TENANT))]
+        sent += webhooks.send(rt.redis, rt.celery, ids)
+        if len(tenants) < REQUEUE_TENANTS_PAGE:
+            return sent
+        after = tenants[-1]
 
 
 @celery.task(name=REQUEUE_WEBHOOKS, ignore_result=True)

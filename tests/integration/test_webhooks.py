@@ -1,16 +1,11 @@
 """Webhooks end to end: real receivers over HTTP, real workers and beat, real Redis and database."""
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import signal
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -19,81 +14,13 @@ from sqlalchemy.orm import sessionmaker
 from shared.tokens import record_event
 from tests.integration.conftest import StackFactory
 from tests.integration.stack import Browser, Stack, Tenant, wait_for
+from tests.receiver import Receiver, verify
 from worker.webhooks import TENANT_CONCURRENCY
 
 pytestmark = pytest.mark.integration
 
 ALL_TYPES = {"connection.created", "connection.reauthorized", "connection.refresh_failed",
              "connection.needs_reauth", "connection.recovered", "connection.revoked"}
-
-
-@dataclass
-class Received:
-    """One POST as the receiver saw it."""
-
-    headers: dict[str, str]
-    body: bytes
-    at: float  # time.time() on arrival
-
-    @property
-    def json(self) -> dict[str, Any]:
-        return json.loads(self.body)
-
-
-class Receiver:
-    """A tenant's webhook endpoint on 127.0.0.1. It records every POST and answers the
-    scripted statuses in turn, then `default`; "hang" holds the request unanswered until
-    the receiver is closed."""
-
-    def __init__(self, script: list[int | str] | None = None, default: int | str = 200) -> None:
-        self.script, self.default = list(script or []), default
-        self.received: list[Received] = []
-        self.in_flight = self.most_in_flight = 0
-        self.lock, self.closing = threading.Lock(), threading.Event()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks?source=keeper"
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - the http.server API
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                with receiver.lock:
-                    receiver.received.append(Received(dict(self.headers), body, time.time()))
-                    answer = receiver.script.pop(0) if receiver.script else receiver.default
-                    receiver.in_flight += 1
-                    receiver.most_in_flight = max(receiver.most_in_flight, receiver.in_flight)
-                try:
-                    if answer == "hang":
-                        receiver.closing.wait(120)
-                        return
-                    self.send_response(int(answer))
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                finally:
-                    with receiver.lock:
-                        receiver.in_flight -= 1
-
-            def log_message(self, *_: Any) -> None:
-                pass
-
-        return Handler
-
-    def wait(self, count: int, timeout: float = 20) -> list[Received]:
-        """The first `count` POSTs, once they have arrived."""
-        wait_for(lambda: len(self.received) >= count, timeout=timeout, what=f"{count} webhook POSTs")
-        return self.received[:count]
-
-    def close(self) -> None:
-        self.closing.set()
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -117,16 +44,6 @@ def _subscribe(tenant: Tenant, receiver: Receiver) -> str:
     response = tenant.call("PUT", "/webhook", json={"url": receiver.url})
     assert response.status_code == 200, response.text
     return response.json()["secret"]
-
-
-def _verify(secret: str, received: Received) -> None:
-    """The receiver's side of the contract: the signature over "<t>.<raw body>", a fresh t."""
-    fields = dict(part.split("=", 1) for part in received.headers["X-Webhook-Signature"].split(","))
-    expected = hmac.new(secret.encode(), f"{fields['t']}.".encode() + received.body, hashlib.sha256).hexdigest()
-    assert hmac.compare_digest(fields["v1"], expected), "bad signature"
-    assert abs(int(fields["t"]) - received.at) < 60
-    assert received.headers["Content-Type"] == "application/json"
-    assert received.headers["X-Webhook-Id"].startswith("whd_")
 
 
 def _record(stack: Stack, connection_id: str, type_: str, error: str | None = None,
@@ -166,7 +83,7 @@ def test_every_event_type_arrives_signed_and_carries_no_token(stack: Stack, rece
     assert len(receiver.received) == 6, "each event is delivered once"
     assert {r.json["type"] for r in received} == ALL_TYPES
     for r in received:
-        _verify(secret, r)
+        verify(secret, r)
         data = r.json["data"]
         assert set(r.json) == {"id", "type", "created_at", "data"} and r.json["id"].startswith("evt_")
         assert datetime.fromisoformat(r.json["created_at"].replace("Z", "+00:00"))
@@ -196,8 +113,8 @@ def test_a_failed_delivery_is_retried_soon_with_the_same_id(stack: Stack, receiv
     assert first.headers["X-Webhook-Id"] == second.headers["X-Webhook-Id"]
     assert first.body == second.body
     assert second.at - first.at <= 10, "the first retry comes within 10 s"
-    _verify(secret, first)
-    _verify(secret, second)
+    verify(secret, first)
+    verify(secret, second)
     delivery = wait_for(lambda: next((d for d in tenant.call("GET", "/webhook/deliveries").json()["data"]
                                       if d["delivered_at"]), None), what="the delivery to be recorded")
     assert delivery["attempts"] == 2 and delivery["last_status"] == 200 and delivery["next_attempt_at"] is None
@@ -223,7 +140,7 @@ def test_an_event_whose_message_never_left_is_delivered_by_the_requeue(stack: St
 
     late = receiver.wait(2, timeout=20)[1]
     assert late.json["type"] == "connection.revoked"
-    _verify(secret, late)
+    verify(secret, late)
 
 
 def test_a_dead_endpoint_does_not_delay_another_tenants_delivery(stack: Stack, receivers: list[Receiver]) -> None:
@@ -258,7 +175,7 @@ def test_a_worker_killed_mid_delivery_loses_no_event(stack: Stack, receivers: li
 
     again = receiver.wait(2, timeout=60)[1]  # once the dead worker's lock on it expires
     assert again.headers["X-Webhook-Id"] == first.headers["X-Webhook-Id"] and again.body == first.body
-    _verify(secret, again)
+    verify(secret, again)
     delivery = wait_for(lambda: next((d for d in tenant.call("GET", "/webhook/deliveries").json()["data"]
                                       if d["delivered_at"]), None), what="the delivery to be recorded")
     assert delivery["attempts"] == 1, "the killed attempt never finished, so it is not counted"

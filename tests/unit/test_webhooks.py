@@ -111,8 +111,13 @@ def test_a_rolled_back_event_leaves_no_delivery_and_queues_nothing(hooked: Any) 
             record_event(session, connection, "created")
             raise RuntimeError("the change failed")
     assert _deliveries(rt) == [] and sent.sent == []
-    _event(rt, connection_id, "recovered")  # the next commit sends only its own
-    assert [args for _, args, _ in sent.sent] == [[d.id for d in _deliveries(rt)]]
+    session = rt.db.sessions()  # one session, used on after its rollback
+    record_event(session, session.get(Connection, connection_id), "created")
+    session.rollback()
+    record_event(session, session.get(Connection, connection_id), "recovered")
+    session.commit()
+    session.close()
+    assert [args for _, args, _ in sent.sent] == [[d.id for d in _deliveries(rt)]], "only the committed one"
 
 
 def test_nothing_is_queued_before_the_commit(hooked: Any) -> None:
