@@ -9,8 +9,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from shared.models import Connection, utcnow
-from shared.queue import DEFAULT_QUEUE, INTERACTIVE_QUEUE
+from shared.models import Connection, WebhookDelivery, utcnow
+from shared.queue import DEFAULT_QUEUE, INTERACTIVE_QUEUE, WEBHOOK_QUEUE
 from shared.runtime import Runtime
 
 STATUSES = ("active", "needs_reauth", "revoked")
@@ -31,6 +31,9 @@ class StateCollector(Collector):
                 Connection.status == "active", Connection.expires_at <= horizon)) or 0
             failing = session.scalar(select(func.count()).select_from(Connection).where(
                 Connection.status == "active", Connection.refresh_failures > 0)) or 0
+            # Through the index on next_attempt_at: delivered and given-up ones have none.
+            pending = session.scalar(select(func.count()).select_from(WebhookDelivery).where(
+                WebhookDelivery.next_attempt_at.is_not(None))) or 0
         by_status = GaugeMetricFamily("oauth_connections", "Connections by status.", labels=["status"])
         for status in STATUSES:
             by_status.add_metric([status], counts.get(status, 0))
@@ -39,8 +42,13 @@ class StateCollector(Collector):
                                 "REFRESH_MARGIN_SECONDS (the refresh backlog, roughly).", value=due)
         yield GaugeMetricFamily("oauth_connections_failing", "Active connections whose last refreshes failed.",
                                 value=failing)
+        yield GaugeMetricFamily("oauth_webhook_deliveries_pending", "Webhook deliveries not yet delivered "
+                                "nor given up (a growing figure means failing endpoints).", value=pending)
         queues = GaugeMetricFamily("oauth_queue_length", "Messages waiting in a Celery queue.", labels=["queue"])
-        lengths = rt.redis.pipeline(transaction=False).llen(INTERACTIVE_QUEUE).llen(DEFAULT_QUEUE).execute()
-        for queue, length in zip((INTERACTIVE_QUEUE, DEFAULT_QUEUE), lengths, strict=True):
+        names = (INTERACTIVE_QUEUE, WEBHOOK_QUEUE, DEFAULT_QUEUE)
+        pipe = rt.redis.pipeline(transaction=False)
+        for name in names:
+            pipe.llen(name)
+        for queue, length in zip(names, pipe.execute(), strict=True):
             queues.add_metric([queue], length)
         yield queues

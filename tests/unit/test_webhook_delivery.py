@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from shared import webhooks
@@ -14,7 +15,8 @@ from shared.runtime import Runtime
 from shared.tokens import record_event
 from tests.receiver import Receiver, verify
 from tests.unit.test_webhooks import SentTasks, _runtime, _subscribed
-from worker.webhooks import TENANT_CONCURRENCY, REQUEUE_PER_TENANT, TenantSlots, deliver, requeue
+from web import create_app
+from worker.webhooks import REQUEUE_PER_TENANT, TENANT_CONCURRENCY, TenantSlots, deliver, requeue
 
 
 @pytest.fixture
@@ -116,3 +118,17 @@ def test_the_requeue_sends_due_deliveries_once_and_caps_each_tenant(receiver: Re
     sent = [args[0] for _, args, _ in rt.celery.sent]  # type: ignore[attr-defined]
     assert len(set(sent)) == REQUEUE_PER_TENANT and not {ids[0], ids[1]} & set(sent)
     assert requeue(rt) == 0, "queued ones are not queued again"
+
+
+def test_metrics_count_the_deliveries_still_pending(receiver: Receiver) -> None:
+    rt, [delivery_id] = _setup(receiver)
+    client = create_app(runtime_=rt).test_client()
+
+    def pending() -> float:
+        text = client.get("/metrics").get_data(as_text=True)
+        return next(sample.value for family in text_string_to_metric_families(text)
+                    for sample in family.samples if sample.name == "oauth_webhook_deliveries_pending")
+
+    assert pending() == 1
+    deliver(rt, delivery_id)
+    assert pending() == 0
