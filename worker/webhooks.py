@@ -29,9 +29,11 @@ log = logging.getLogger(__name__)
 TENANT_CONCURRENCY = 4
 # A POST lasts at most about twice the timeout (connect, then the answer).
 LOCK_SECONDS = 2 * webhooks.TIMEOUT_SECONDS + 5
-DEFER_SECONDS = 2  # a delivery whose tenant has no free slot is looked at again after this
+DEFER_SECONDS = 1  # a delivery whose tenant has no free slot is due again after this
 REQUEUE_TENANTS_PAGE = 100
-REQUEUE_PER_TENANT = 2 * TENANT_CONCURRENCY  # a tenant's backlog cannot crowd out the others
+# Per re-queue run (every REQUEUE_SECONDS): enough for a healthy endpoint to work off a
+# burst at about 10 a second, few enough that a dead one's backlog cannot crowd the queue.
+REQUEUE_PER_TENANT = 50
 
 # KEYS[1]: the tenant's slots (a sorted set of owner → expiry). ARGV: now, expiry, owner, limit.
 _ACQUIRE = """
