@@ -14,6 +14,7 @@ from sqlalchemy import select
 from shared import webhooks
 from shared.crypto import Cipher
 from shared.db import Database
+from shared.logs import redact
 from shared.models import Base, Connection, Event, Tenant, WebhookDelivery, utcnow
 from shared.runtime import Runtime
 from shared.tokens import record_event
@@ -171,3 +172,7 @@ def test_a_tenant_has_at_most_its_slots_in_flight_and_a_dead_holder_s_slot_expir
     short = TenantSlots(client, "ten_c", limit=1, seconds=-1)  # as if its holder died long ago
     assert short.acquire()
     assert TenantSlots(client, "ten_c", limit=1).acquire()
+
+
+def test_a_webhook_secret_never_reaches_a_log_line() -> None:
+    assert redact("rotated to whsec_Zm9vYmFy-x_1") == "rotated to whsec_[redacted]"
