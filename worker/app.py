@@ -12,11 +12,12 @@ from celery import Celery
 from celery.signals import worker_process_init
 
 from shared.config import get_settings
-from shared.queue import SWEEP_DUE, celery_config
+from shared.queue import REQUEUE_WEBHOOKS, SWEEP_DUE, WEBHOOK_QUEUE, celery_config
 from shared.runtime import Runtime, build_runtime
+from shared.webhooks import REQUEUE_SECONDS
 
 BEAT_LOCK_SECONDS = 30
-TASK_MODULES = ("worker.exchange", "worker.refresh", "worker.batch", "worker.sweep")
+TASK_MODULES = ("worker.exchange", "worker.refresh", "worker.batch", "worker.sweep", "worker.webhooks")
 
 
 def worker_config() -> dict[str, Any]:
@@ -35,6 +36,12 @@ def worker_config() -> dict[str, Any]:
                 "schedule": float(settings.refresh_sweep_seconds),
                 # A sweep nobody ran in time is dropped: the next one covers it.
                 "options": {"expires": float(settings.refresh_sweep_seconds)},
+            },
+            # Webhook retries whose time has come, and deliveries a crash kept from the queue.
+            "requeue-webhooks": {
+                "task": REQUEUE_WEBHOOKS,
+                "schedule": float(REQUEUE_SECONDS),
+                "options": {"expires": float(REQUEUE_SECONDS), "queue": WEBHOOK_QUEUE},
             },
         },
         # RedBeat keeps the schedule in Redis behind a lock, so of any number of beat

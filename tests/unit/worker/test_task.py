@@ -4,10 +4,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from shared.queue import EXCHANGE_CODE, REFRESH_BATCH, REFRESH_CONNECTION, SWEEP_DUE
+from shared.queue import DELIVER_WEBHOOK, EXCHANGE_CODE, REFRESH_BATCH, REFRESH_CONNECTION, REQUEUE_WEBHOOKS, SWEEP_DUE
 from shared.crypto import new_fernet_key
 
-NAMES = {EXCHANGE_CODE, REFRESH_CONNECTION, REFRESH_BATCH, SWEEP_DUE}
+NAMES = {EXCHANGE_CODE, REFRESH_CONNECTION, REFRESH_BATCH, SWEEP_DUE, DELIVER_WEBHOOK, REQUEUE_WEBHOOKS}
 
 
 def test_importing_the_worker_and_its_task_modules_reads_no_settings() -> None:
