@@ -14,7 +14,7 @@ from shared.models import Connection, Tenant, WebhookDelivery, utcnow
 from shared.runtime import Runtime
 from shared.tokens import record_event
 from tests.receiver import Receiver, verify
-from tests.unit.test_webhooks import SentTasks, _runtime, _subscribed
+from tests.unit.shared.test_webhooks import SentTasks, _runtime, _subscribed
 from web import create_app
 from web.metrics import STATE_KEY
 from worker.webhooks import REQUEUE_PER_TENANT, TENANT_CONCURRENCY, TenantSlots, deliver, requeue
