@@ -11,6 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from shared.egress import Rules
 from shared.providers import (
     RESPONDIO_AUTHORIZE_URL,
     RESPONDIO_TOKEN_URL,
@@ -22,6 +23,9 @@ from shared.providers import (
     refresh,
     retry_after_seconds,
 )
+
+
+LOOPBACK = Rules(allow_private=True, require_https=False)
 
 
 def _query(url: str) -> dict[str, list[str]]:
@@ -111,7 +115,7 @@ def provider() -> Iterator[str]:
 
 def _client(url: str, method: str = "client_secret_basic") -> OAuthClient:
     return OAuthClient(client_id="id:with/odd chars", client_secret="s3cr&t", token_url=url, auth_method=method,
-                       public_only=False)  # the test's provider listens on loopback
+                       rules=LOOPBACK)  # the test's provider listens on loopback
 
 
 def test_a_refresh_posts_the_grant_with_basic_authentication(provider: str) -> None:
