@@ -263,14 +263,13 @@ _local = threading.local()
 
 
 def http_session(rules: Rules) -> requests.Session:
-    """The thread's pooled session for calls under these rules: pinned addresses, no
-    proxies or netrc from the environment, no redirects (callers pass allow_redirects=False)."""
+    """The thread's pooled session for calls under these rules: pinned addresses, and no
+    proxies or netrc from the environment. Send through `post`, which never follows redirects."""
     sessions: dict[Rules, requests.Session] = _local.__dict__.setdefault("sessions", {})
     session = sessions.get(rules)
     if session is None:
         session = sessions[rules] = requests.Session()
         session.trust_env = False
-        session.max_redirects = 0
         adapter = PinnedAdapter(rules)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
