@@ -209,7 +209,7 @@ def test_a_hostile_exchange_answer_fails_the_attempt_with_a_clear_code(name: str
 
 def test_retry_after_is_bounded_at_an_hour(world: World) -> None:
     _serve(Case(_send(429, b'{"error": "slow_down"}', Retry_After="999999999"), "slow_down"))
-    outcome = refresh_once(world.rt, _connection(world), None if False else "never")
+    outcome = refresh_once(world.rt, _connection(world), "never")  # forced: the mark of a never-refreshed row
     assert outcome.name == "rate_limited" and outcome.hold_for == 3600
 
 

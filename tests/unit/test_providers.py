@@ -165,3 +165,23 @@ def test_an_unreachable_provider_is_a_connection_error() -> None:
     with pytest.raises(ProviderError) as caught:
         refresh(_client("http://127.0.0.1:9/token"), refresh_token="rt", timeout=2)
     assert caught.value.error == "connection_error" and caught.value.status is None
+
+
+def test_secrets_stay_out_of_reprs() -> None:
+    from shared.nonces import PendingState
+
+    objects = [OAuthClient(client_id="cid", client_secret="client-secret-value", token_url="https://idp.example/t"),
+               TokenSet("access-token-value", "Bearer", "refresh-token-value", 60, None),
+               PendingState("cs", "int", "pkce-verifier-value", "binding"),
+               ProviderError("invalid_response", error="invalid_response", refresh_token="refresh-token-value")]
+    text = " ".join(repr(item) + str(item) for item in objects)
+    assert "cid" in text and "Bearer" in text
+    for secret in ("client-secret-value", "access-token-value", "refresh-token-value", "pkce-verifier-value"):
+        assert secret not in text
+
+
+def test_retry_after_is_at_most_an_hour() -> None:
+    assert retry_after_seconds("86400") == 3600
+    assert retry_after_seconds("inf") == 3600 and retry_after_seconds("nan") is None
+    now = 1_800_000_000.0
+    assert retry_after_seconds(formatdate(now + 7 * 86400, usegmt=True), now=now) == 3600
