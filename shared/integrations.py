@@ -72,9 +72,7 @@ def egress_rules(settings: Settings, provider: str) -> Rules:
     """What an integration's server-side URLs may reach. The built-in sandbox is this
     service itself (its URLs are always its own); every other provider needs https and
     public addresses, unless private provider URLs are allowed (make dev, on-premises)."""
-    if provider == "sandbox" or settings.allow_private_provider_urls:
-        return Rules(allow_private=True, require_https=False)
-    return Rules(allow_private=False, require_https=True)
+    return Rules.for_tenant_urls(provider == "sandbox" or settings.allow_private_provider_urls)
 
 
 def oauth_client(rt: Runtime, integration: Integration) -> OAuthClient:
