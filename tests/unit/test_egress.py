@@ -226,6 +226,7 @@ def test_proxies_from_the_environment_are_never_used(listener: int, resolver: Re
 @pytest.mark.parametrize(("address", "public"), [
     ("93.184.216.34", True), ("2606:2800:220:1:248:1893:25c8:1946", True),
     ("::ffff:93.184.216.34", True), ("64:ff9b::5db8:d822", True), ("2002:5db8:d822::1", True),
+    ("::93.184.216.34", True), ("2001:0:4136:e378:8000:63bf:a247:27dd", True),
     ("127.0.0.1", False), ("10.0.0.1", False), ("169.254.169.254", False), ("100.64.0.1", False),
     ("0.0.0.0", False), ("224.0.0.1", False), ("::1", False), ("::", False), ("fe80::1", False),
     ("fc00::1", False), ("::ffff:10.0.0.1", False), ("::10.0.0.1", False), ("64:ff9b::a9fe:a9fe", False),
@@ -242,3 +243,17 @@ def test_validate_url_accepts_a_public_https_url(resolver: Resolver) -> None:
         validate_url("https://idp.test/token#frag", allow_private=False, require_https=True)
     with pytest.raises(ForbiddenAddress, match="user"):
         validate_url("http://u@10.0.0.1/token", allow_private=True, require_https=False)
+
+
+@pytest.mark.parametrize("url", [
+    "http://10.0.0.1:8080\\@idp.test/token", "http://user@10.0.0.1/token", "http://:pw@10.0.0.1/token",
+    "http://10.0.0.1/to ken", "http://10.0.0.1/to\tken", "http://10.0.0.1/token\x7f", "http://10.0.0.1\x00/token",
+    "http://10.0.0.1/token#part", "http://2130706433/token", "http://0x7f.1/token", "http://127.1/token",
+    "http://0177.0.0.1/token", "http://idp..test/token", "http://idp.test:0/token", "ftp://idp.test/token",
+    "http:///token", "//idp.test/token",
+])
+def test_malformed_urls_are_refused_even_where_private_addresses_are_allowed(url: str) -> None:
+    with pytest.raises(ForbiddenAddress):
+        validate_url(url, allow_private=True, require_https=False)
+    with pytest.raises(ForbiddenAddress):
+        egress.post(url, PRIVATE_OK, timeout=1)

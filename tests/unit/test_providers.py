@@ -185,3 +185,9 @@ def test_retry_after_is_at_most_an_hour() -> None:
     assert retry_after_seconds("inf") == 3600 and retry_after_seconds("nan") is None
     now = 1_800_000_000.0
     assert retry_after_seconds(formatdate(now + 7 * 86400, usegmt=True), now=now) == 3600
+
+
+@pytest.mark.parametrize(("given", "kept"), [('"3600"', 3600), ("3600.0", 3600), ("null", None), ("1", 1)])
+def test_expires_in_as_digits_or_a_whole_float_is_accepted(provider: str, given: str, kept: int | None) -> None:
+    _Provider.answers.append((200, {}, b'{"access_token": "at", "expires_in": ' + given.encode() + b"}", 0))
+    assert refresh(_client(provider), refresh_token="rt", timeout=5).expires_in == kept
