@@ -27,7 +27,7 @@ NEW_RT = "rt-rotated-by-the-provider"
 Reply = Callable[[BaseHTTPRequestHandler], None]
 
 
-def _send(status: int, body: bytes, content_type: str = "application/json", **headers: str) -> Reply:
+def send(status: int, body: bytes, content_type: str = "application/json", **headers: str) -> Reply:
     def reply(handler: BaseHTTPRequestHandler) -> None:
         handler.send_response(status)
         for name, value in {"Content-Type": content_type, "Content-Length": str(len(body)), **headers}.items():
@@ -57,7 +57,7 @@ def _endless(handler: BaseHTTPRequestHandler) -> None:
 
 
 def _raw(text: str) -> Reply:
-    return _send(200, text.encode())
+    return send(200, text.encode())
 
 
 @dataclass(frozen=True)
@@ -68,32 +68,32 @@ class Case:
 
 
 CASES = {
-    "not_json": Case(_send(200, b"hello", "text/plain"), "invalid_response"),
-    "html_error_page": Case(_send(500, b"<html><h1>Internal Server Error</h1></html>", "text/html"), "http_500"),
-    "html_with_200": Case(_send(200, b"<!doctype html><p>Welcome</p>", "text/html"), "invalid_response"),
+    "not_json": Case(send(200, b"hello", "text/plain"), "invalid_response"),
+    "html_error_page": Case(send(500, b"<html><h1>Internal Server Error</h1></html>", "text/html"), "http_500"),
+    "html_with_200": Case(send(200, b"<!doctype html><p>Welcome</p>", "text/html"), "invalid_response"),
     "missing_access_token": Case(_raw(json.dumps({"token_type": "Bearer", "refresh_token": NEW_RT})),
                                  "invalid_response", carries_refresh_token=True),
-    "expires_in_negative": Case(_send(200, _token(expires_in=-5)), "invalid_response", True),
-    "expires_in_zero": Case(_send(200, _token(expires_in=0)), "invalid_response", True),
+    "expires_in_negative": Case(send(200, _token(expires_in=-5)), "invalid_response", True),
+    "expires_in_zero": Case(send(200, _token(expires_in=0)), "invalid_response", True),
     "expires_in_huge": Case(_raw(_token().decode().replace('"expires_in": 3600', '"expires_in": 1e12')),
                             "invalid_response", True),
     "expires_in_infinity": Case(_raw(_token().decode().replace('"expires_in": 3600', '"expires_in": Infinity')),
                                 "invalid_response", True),
-    "expires_in_text": Case(_send(200, _token(expires_in="soon")), "invalid_response", True),
-    "token_type_overlong": Case(_send(200, _token(token_type="B" * 40)), "invalid_response", True),
-    "ten_megabytes": Case(_send(200, b'{"access_token": "' + b"a" * (10 << 20) + b'"}'),
+    "expires_in_text": Case(send(200, _token(expires_in="soon")), "invalid_response", True),
+    "token_type_overlong": Case(send(200, _token(token_type="B" * 40)), "invalid_response", True),
+    "ten_megabytes": Case(send(200, b'{"access_token": "' + b"a" * (10 << 20) + b'"}'),
                           "invalid_response: answer too large"),
     "never_ending": Case(_endless, "timeout"),
     "deeply_nested": Case(_raw('{"a": ' * 100_000 + "1" + "}" * 100_000), "invalid_response"),
-    "redirect": Case(_send(302, b"", Location="/elsewhere"), "redirect_refused"),
-    "error_text_with_controls": Case(_send(503, json.dumps(
+    "redirect": Case(send(302, b"", Location="/elsewhere"), "redirect_refused"),
+    "error_text_with_controls": Case(send(503, json.dumps(
         {"error": "temporarily_unavailable\n\x1b[31mFAKE LOG LINE", "error_description": "a\r\nb\x00" * 5000}
     ).encode()), "temporarily_unavailable[31mFAKE"),
 }
 
 
 class _Provider(BaseHTTPRequestHandler):
-    reply: Reply = _send(500, b"")
+    reply: Reply = send(500, b"")
     requests: list[str] = []
 
     def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
@@ -123,25 +123,30 @@ class World:
     integration_id: str
 
 
-@pytest.fixture
-def world(memory_runtime: Runtime, provider_url: str) -> World:
+def make_world(rt: Runtime, provider_url: str) -> World:
+    """A tenant and an integration whose token endpoint is the test's provider."""
     # Loopback is allowed for the test's provider; a short timeout for the endless body.
-    memory_runtime.settings = memory_runtime.settings.model_copy(update={"http_timeout_seconds": 1.0})
-    with memory_runtime.db.session() as session:
+    rt.settings = rt.settings.model_copy(update={"http_timeout_seconds": 1.0, "allow_private_provider_urls": True})
+    with rt.db.session() as session:
         tenant, key = create_tenant(session, "acme")
         integration = Integration(tenant_id=tenant.id, provider="oauth2", client_id="c",
-                                  client_secret_enc=memory_runtime.cipher.encrypt("s"), scopes=[], pkce=True,
+                                  client_secret_enc=rt.cipher.encrypt("s"), scopes=[], pkce=True,
                                   authorize_url="https://idp.example/a", token_url=provider_url)
         session.add(integration)
         session.flush()
-        return World(memory_runtime, key, tenant.id, integration.id)
+        return World(rt, key, tenant.id, integration.id)
 
 
-def _serve(case: Case) -> None:
+@pytest.fixture
+def world(memory_runtime: Runtime, provider_url: str) -> World:
+    return make_world(memory_runtime, provider_url)
+
+
+def serve(case: Case) -> None:
     _Provider.reply, _Provider.requests = case.reply, []
 
 
-def _connection(world: World) -> str:
+def seed_connection(world: World) -> str:
     rt, now = world.rt, utcnow()
     with rt.db.session() as session:
         connection = Connection(tenant_id=world.tenant_id, integration_id=world.integration_id, end_user_id="u",
@@ -157,8 +162,8 @@ def _connection(world: World) -> str:
 def test_a_hostile_refresh_answer_is_a_recorded_failure_and_the_stored_token_still_serves(
         name: str, world: World, caplog: pytest.LogCaptureFixture) -> None:
     case, rt = CASES[name], world.rt
-    _serve(case)
-    connection_id = _connection(world)
+    serve(case)
+    connection_id = seed_connection(world)
     with rt.db.session() as session:
         seen = refresh_mark(session.get(Connection, connection_id))  # type: ignore[arg-type]
     with caplog.at_level(logging.INFO):
@@ -186,7 +191,7 @@ def test_a_hostile_refresh_answer_is_a_recorded_failure_and_the_stored_token_sti
 @pytest.mark.parametrize("name", CASES)
 def test_a_hostile_exchange_answer_fails_the_attempt_with_a_clear_code(name: str, world: World) -> None:
     case, rt = CASES[name], world.rt
-    _serve(case)
+    serve(case)
     with rt.db.session() as session:
         connect_session = ConnectSession(tenant_id=world.tenant_id, integration_id=world.integration_id,
                                          end_user_id="u", token_hash=f"h-{name}",
@@ -209,19 +214,19 @@ def test_a_hostile_exchange_answer_fails_the_attempt_with_a_clear_code(name: str
 
 
 def test_retry_after_is_bounded_at_an_hour(world: World) -> None:
-    _serve(Case(_send(429, b'{"error": "slow_down"}', Retry_After="999999999"), "slow_down"))
-    outcome = refresh_once(world.rt, _connection(world), "never")  # forced: the mark of a never-refreshed row
+    serve(Case(send(429, b'{"error": "slow_down"}', Retry_After="999999999"), "slow_down"))
+    outcome = refresh_once(world.rt, seed_connection(world), "never")  # forced: the mark of a never-refreshed row
     assert outcome.name == "rate_limited" and outcome.hold_for == 3600
 
 
 def test_a_forced_refresh_without_a_refresh_token_keeps_serving_the_token(world: World) -> None:
     rt = world.rt
-    connection_id = _connection(world)
+    connection_id = seed_connection(world)
     with rt.db.session() as session:
         connection = session.get(Connection, connection_id)
         assert connection is not None
         connection.refresh_token_enc = None
-    _serve(CASES["not_json"])
+    serve(CASES["not_json"])
     answer = create_app(runtime_=rt).test_client().post(f"/api/v1/connections/{connection_id}/refresh",
                                                         headers={"Authorization": f"Bearer {world.key}"})
     assert answer.status_code == 200 and answer.get_json()["access_token"] == "at-stored"
