@@ -31,16 +31,21 @@ from requests.adapters import HTTPAdapter
 from urllib3 import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3._collections import RecentlyUsedContainer
 from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.exceptions import ConnectTimeoutError, LocationParseError, NewConnectionError
-from urllib3.util.connection import create_connection
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    LocationParseError,
+    NewConnectionError,
+)
 from urllib3.util import Url, parse_url
+from urllib3.util.connection import create_connection
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 MAX_BODY_BYTES = 1 << 20
 MAX_URL_CHARS = 2048
 # Hosts as DNS names: letters, digits, hyphens, underscores, dots (after IDNA).
-HOSTNAME = re.compile(r"(?=.{1,253}\.?$)[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*\.?")
+LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+HOSTNAME = re.compile(rf"(?=.{{1,253}}\.?$){LABEL}(?:\.{LABEL})*\.?")
 # A last label that inet_aton would read as a number (`127.1`, `0x7f.1`, `2130706433`).
 NUMERIC_LABEL = re.compile(r"(0x[0-9a-f]*|[0-9]+)")
 NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
@@ -169,7 +174,8 @@ def pin(parts: Url, rules: Rules) -> IPAddress:
     it resolves to must be public unless the rules allow private ones."""
     host = parts.host or ""
     literal = _literal_or_name(host)
-    addresses = [literal] if literal is not None else resolve(host, parts.port or (443 if parts.scheme == "https" else 80))
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    addresses = [literal] if literal is not None else resolve(host, port)
     if not addresses:
         raise ForbiddenAddress(f"the host {host!r} does not resolve")
     if not rules.allow_private:

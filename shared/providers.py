@@ -145,7 +145,8 @@ def post_form(url: str, rules: Rules, form: dict[str, str], headers: dict[str, s
     except ForbiddenAddress as refused:
         raise ProviderError(str(refused), error="forbidden_address") from None
     except AnswerTooLarge as error:
-        raise ProviderError("invalid_response: answer too large", status=error.status, error="invalid_response") from None
+        raise ProviderError("invalid_response: answer too large", status=error.status,
+                            error="invalid_response") from None
     except requests.Timeout as error:
         raise ProviderError(f"timeout after {timeout:g}s", error="timeout") from error
     except requests.RequestException as error:
@@ -202,7 +203,7 @@ def _error(answer: egress.Answer, payload: dict[str, Any] | None) -> ProviderErr
     """The ProviderError of an answer that is not a token, its text sanitized."""
     retry_after = retry_after_seconds(answer.headers.get("Retry-After"))
     if 300 <= answer.status < 400:
-        return ProviderError(f"redirect_refused: the token endpoint answered {answer.status}; redirects are not followed",
+        return ProviderError(f"redirect_refused: the token endpoint answered {answer.status}, not followed",
                              status=answer.status, error="redirect_refused", retry_after=retry_after)
     payload = payload or {}
     error = ERROR_CODE.sub("", payload["error"])[:64] if isinstance(payload.get("error"), str) else ""

@@ -24,7 +24,6 @@ from shared.providers import (
     retry_after_seconds,
 )
 
-
 LOOPBACK = Rules(allow_private=True, require_https=False)
 
 
