@@ -138,12 +138,14 @@ def _authenticated(client: OAuthClient, form: dict[str, str]) -> tuple[dict[str,
     return form, headers
 
 
-def post_form(url: str, rules: Rules, form: dict[str, str], headers: dict[str, str], timeout: float) -> egress.Answer:
-    """POST a form once through the egress guard; every way it can fail is a ProviderError."""
+def post(url: str, rules: Rules, body: dict[str, str] | bytes, headers: dict[str, str],
+         timeout: float) -> egress.Answer:
+    """POST once through the egress guard, bounded as a token call is (webhook deliveries
+    go out the same way); every way it can fail without an answer is a ProviderError."""
     try:
-        return egress.post(url, rules, data=form, headers=headers, timeout=timeout)
+        return egress.post(url, rules, data=body, headers=headers, timeout=timeout)
     except ForbiddenAddress as refused:
-        raise ProviderError(str(refused), error="forbidden_address") from None
+        raise ProviderError(f"forbidden_address: {refused}", error="forbidden_address") from None
     except AnswerTooLarge as error:
         raise ProviderError("invalid_response: answer too large", status=error.status,
                             error="invalid_response") from None
@@ -236,7 +238,7 @@ def token_set(answer: egress.Answer) -> TokenSet:
 def request_token(client: OAuthClient, form: dict[str, str], timeout: float) -> TokenSet:
     """POST the token endpoint once; raise ProviderError on anything but a usable token."""
     body, headers = _authenticated(client, form)
-    return token_set(post_form(client.token_url, client.rules, body, headers, timeout))
+    return token_set(post(client.token_url, client.rules, body, headers, timeout))
 
 
 def exchange_code(client: OAuthClient, *, code: str, redirect_uri: str, code_verifier: str | None,
