@@ -257,3 +257,20 @@ def test_malformed_urls_are_refused_even_where_private_addresses_are_allowed(url
         validate_url(url, allow_private=True, require_https=False)
     with pytest.raises(ForbiddenAddress):
         egress.post(url, PRIVATE_OK, timeout=1)
+
+
+@pytest.mark.parametrize("allow_private", [False, True])
+def test_a_webhook_url_passes_the_same_rules(memory_runtime: Runtime, resolver: Resolver, allow_private: bool) -> None:
+    memory_runtime.settings = memory_runtime.settings.model_copy(update={"allow_private_provider_urls": allow_private})
+    app = create_app(runtime_=memory_runtime)
+    with memory_runtime.db.session() as session:
+        _, key = create_tenant(session, "acme")
+
+    def put(url: str) -> int:
+        headers = {"Authorization": f"Bearer {key}"}
+        return app.test_client().put("/api/v1/webhook", json={"url": url}, headers=headers).status_code
+
+    assert put("https://idp.test/hook") == 200
+    assert put("http://10.0.0.1:9\\@idp.test/hook") == 422
+    assert put("http://user@idp.test/hook") == 422
+    assert put("https://inside.test/hook") == (200 if allow_private else 422)
