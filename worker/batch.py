@@ -195,9 +195,9 @@ def _write(rt: Runtime, answered: list[Call], without_token: list[Connection], s
                 settled[call.connection.id] = Outcome("stale")
         for call in answered:
             if isinstance(call.answer, ProviderError):
-                settled[call.connection.id] = write_failure(session, call.connection, call.answer, 0)
+                settled[call.connection.id] = write_failure(session, rt.cipher, call.connection, call.answer, 0)
         for connection in without_token:
-            settled[connection.id] = write_failure(session, connection, NO_REFRESH_TOKEN, 0)
+            settled[connection.id] = write_failure(session, rt.cipher, connection, NO_REFRESH_TOKEN, 0)
 
 
 def _settle(rt: Runtime, app: Celery, held: dict[str, str], settled: dict[str, Outcome]) -> None:

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from shared import refreshes
 from shared.config import Settings
+from shared.crypto import Cipher
 from shared.fairness import Gate, counts_against_host, host_of
 from shared.integrations import oauth_client
 from shared.locks import RefreshLock
@@ -65,7 +66,8 @@ def uses_breaker(integration: Integration) -> bool:
     return integration.provider != "sandbox"
 
 
-def write_failure(session: Session, connection: Connection, error: ProviderError, retries: int) -> Outcome:
+def write_failure(session: Session, cipher: Cipher, connection: Connection, error: ProviderError,
+                  retries: int) -> Outcome:
     """Record a failed refresh (fenced, with its event) and say what follows."""
     failure = classify(error)
     message = str(error)[:300]
@@ -75,6 +77,8 @@ def write_failure(session: Session, connection: Connection, error: ProviderError
             record_event(session, connection, "needs_reauth", message)
         return Outcome("needs_reauth")
     values = {"refresh_failures": connection.refresh_failures + 1, "last_error": message, "updated_at": utcnow()}
+    if error.refresh_token:  # the provider rotated even though the rest of its answer was unusable
+        values["refresh_token_enc"] = cipher.encrypt(error.refresh_token)
     if not fenced_update(session, connection.id, connection.version, values):
         return Outcome("stale")
     if connection.refresh_failures == 0:
@@ -110,7 +114,7 @@ def refresh_once(rt: Runtime, connection_id: str, seen: str | None, retries: int
     connection, client = row.Connection, oauth_client(rt, row.Integration)
     if not connection.refresh_token_enc:
         with rt.db.session() as session:
-            return write_failure(session, connection, NO_REFRESH_TOKEN, retries)
+            return write_failure(session, rt.cipher, connection, NO_REFRESH_TOKEN, retries)
     host, hosts = host_of(client.token_url), gate(rt)
     breaker = uses_breaker(row.Integration)
     leases, wait = hosts.admit(host, 1, breaker)
@@ -125,7 +129,7 @@ def refresh_once(rt: Runtime, connection_id: str, seen: str | None, retries: int
             failed, alive = (1, 0) if counts_against_host(error) else (0, 1)
             log.warning("refresh of %s failed: %s", connection_id, error.error)
             with rt.db.session() as session:
-                return write_failure(session, connection, error, retries)
+                return write_failure(session, rt.cipher, connection, error, retries)
         alive = 1
         now = utcnow()
         with rt.db.session() as session:

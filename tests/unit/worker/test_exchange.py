@@ -70,14 +70,14 @@ def test_a_redelivered_exchange_whose_code_is_gone_never_posts_it_again(worker_r
 
 def test_each_failure_class_ends_the_attempt_with_its_reason(worker_runtime: Runtime, endpoint: TokenEndpoint) -> None:
     rt = worker_runtime
-    cases = {
-        "invalid_grant": Reply(400, {"error": "invalid_grant"}),
-        "http_503": Reply(503, b"<h1>down</h1>"),
-        "slow_down": Reply(429, {"error": "slow_down"}, {"Retry-After": "5"}),
-        "http_200": Reply(200, {"token_type": "Bearer"}),  # no access token
-        "invalid_response": Reply(200, {"access_token": "at", "expires_in": "soon"}),
-    }
-    for reason, reply in cases.items():
+    cases = [
+        ("invalid_grant", Reply(400, {"error": "invalid_grant"})),
+        ("http_503", Reply(503, b"<h1>down</h1>")),
+        ("slow_down", Reply(429, {"error": "slow_down"}, {"Retry-After": "5"})),
+        ("invalid_response", Reply(200, {"token_type": "Bearer"})),  # no access token
+        ("invalid_response", Reply(200, {"access_token": "at", "expires_in": "soon"})),
+    ]
+    for reason, reply in cases:
         endpoint.replies.append(reply)
         attempt_id = _attempt(rt, endpoint.url)
         _exchange(rt, attempt_id)
