@@ -14,7 +14,7 @@ from shared.db import Database
 from shared.models import Connection
 from shared.runtime import Runtime
 from tests.conftest import make_settings
-from tests.unit import test_hostile_answers as hostile
+from tests.unit.worker import test_hostile_answers as hostile
 from tests.unit.worker.test_hostile_answers import provider_url  # noqa: F401 - the fixture
 from worker.refresh import refresh_once
 
