@@ -84,14 +84,14 @@ def create_integration() -> tuple[Response, int]:
                        details=[{"field": "provider", "message": "the sandbox provider is off"}])
     urls = default_urls(body.provider, rt.settings.public_base_url)
     given = {"authorize_url": body.authorize_url, "token_url": body.token_url, "revoke_url": body.revoke_url,
-             "issuer": body.issuer}
-    resolved = {name: given.get(name) or urls.get(name) for name in ("authorize_url", "token_url", "revoke_url", "issuer")}
+             "issuer": body.issuer, "api_base_url": body.api_base_url}
+    resolved = {name: given.get(name) or urls.get(name) for name in given}
     missing = [name for name in ("authorize_url", "token_url") if not resolved[name]]
     if missing:
         raise ApiError(422, "invalid_fields", f"provider {body.provider!r} needs {' and '.join(missing)}",
                        details=[{"field": name, "message": "required for this provider"} for name in missing])
     if public_only(rt.settings, body.provider):
-        for name in ("token_url", "revoke_url"):
+        for name in ("token_url", "revoke_url", "api_base_url"):
             url = resolved[name]
             try:
                 if url:
