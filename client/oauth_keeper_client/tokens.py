@@ -35,7 +35,11 @@ class TokenCache:
         self._failed: tuple[str, ClientError] | None = None  # (rejected access token, what its refresh raised)
 
     def current(self) -> Token:
-        """The kept token, or a new one from the source when there is none or it is due."""
+        """The kept token (read without waiting for the lock), or a new one from the source when there is
+        none or it is due."""
+        token = self._token
+        if token is not None and not token.is_due(self.margin_seconds):
+            return token
         with self._lock:
             if self._token is None or self._token.is_due(self.margin_seconds):
                 self._token = self.source.token(self.connection_id)
