@@ -207,3 +207,9 @@ def list_channels() -> Response:
 def list_users() -> Response:
     """The workspace's users."""
     return _fixed_page(USERS)
+
+
+@bp.route("/<path:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+def unknown(rest: str) -> Response:
+    """Any other path: respond.io's shape of a 404, not an HTML page."""
+    raise ApiFault(404, "no such endpoint")

@@ -6,8 +6,7 @@ from collections.abc import Iterator
 import pytest
 
 from oauth_keeper_client import Keeper, KeeperError, NeedsReauth, NotFound, RateLimited, Revoked, ServiceUnavailable
-from tests.unit.client.test_respondio import Scripted
-from tests.unit.client.test_respondio import server as server  # noqa: F401 - the fixture
+from tests.unit.client.conftest import Scripted
 
 
 def error(code: str) -> dict:
@@ -15,7 +14,7 @@ def error(code: str) -> dict:
 
 
 @pytest.fixture()
-def keeper(server: Scripted) -> Iterator[Keeper]:  # noqa: F811 - the imported fixture
+def keeper(server: Scripted) -> Iterator[Keeper]:
     yield Keeper(server.url + "/", "key-123")
 
 
@@ -27,7 +26,7 @@ def keeper(server: Scripted) -> Iterator[Keeper]:  # noqa: F811 - the imported f
     (429, "rate_limited", {"Retry-After": "7"}, RateLimited),
     (503, "refresh_pending", {"Retry-After": "1"}, ServiceUnavailable),
 ])
-def test_error_answers_become_typed_exceptions(server: Scripted, keeper: Keeper, status: int, code: str,  # noqa: F811
+def test_error_answers_become_typed_exceptions(server: Scripted, keeper: Keeper, status: int, code: str,
                                                headers: dict, raised: type[Exception]) -> None:
     server.script = [(status, error(code), headers)]
     with pytest.raises(raised) as caught:
@@ -42,7 +41,7 @@ def test_an_unreachable_service_is_unavailable() -> None:
         Keeper("http://127.0.0.1:9", "key").connection("conn_1")
 
 
-def test_tokens_connections_and_sessions_are_dataclasses(server: Scripted, keeper: Keeper) -> None:  # noqa: F811
+def test_tokens_connections_and_sessions_are_dataclasses(server: Scripted, keeper: Keeper) -> None:
     server.script = [
         (200, {"access_token": "secret-token", "token_type": "Bearer", "expires_at": "2030-01-01T00:00:00Z",
                "scopes": ["a"]}, {}),

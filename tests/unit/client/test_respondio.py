@@ -1,12 +1,9 @@
 """The client's call policy against a scripted local HTTP server: 401, 429/449, 5xx, dropped connections."""
 from __future__ import annotations
 
-import json
 import threading
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -14,52 +11,7 @@ import pytest
 from oauth_keeper_client import (ClientError, NeedsReauth, RateLimited, RespondIO, RespondIOError, RetryPolicy,
                                  Token, TokenRejected)
 from oauth_keeper_client.tokens import TokenCache
-
-DROP = "drop"
-
-
-class Scripted(ThreadingHTTPServer):
-    """Answers requests from a script, in order, noting each request; 200 `{}` once it runs out."""
-
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), Handler)
-        self.script: list[Any] = []
-        self.seen: list[tuple[str, str, str]] = []
-        self.lock = threading.Lock()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class Handler(BaseHTTPRequestHandler):
-    server: Scripted
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def _answer(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        self.rfile.read(length)
-        with self.server.lock:
-            self.server.seen.append((self.command, self.path, self.headers.get("Authorization", "")))
-            step = self.server.script.pop(0) if self.server.script else (200, {}, {})
-        if step == DROP:
-            self.close_connection = True
-            return
-        status, body, headers = step
-        raw = json.dumps(body).encode()
-        self.send_response(status)
-        for name, value in {"Content-Type": "application/json", **headers}.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
-
-    do_GET = do_POST = do_PUT = _answer
-
+from tests.unit.client.conftest import DROP, Scripted
 
 class Source:
     """A token source that hands out numbered tokens and counts refreshes."""
@@ -83,16 +35,6 @@ class Source:
 
     def api_base_url(self, connection_id: str) -> str | None:
         return self.base_url
-
-
-@pytest.fixture()
-def server() -> Iterator[Scripted]:
-    server = Scripted()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
 
 
 @pytest.fixture()

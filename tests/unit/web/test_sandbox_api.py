@@ -144,3 +144,9 @@ def test_messages_channels_and_users(web: FlaskClient, tokens: dict) -> None:
     assert web.post(f"{API}/contact/id:1/message", json=bad, headers=headers).status_code == 400
     assert web.post(f"{API}/contact/id:1/message", json={"message": {"type": "text", "text": ""}},
                     headers=headers).status_code == 400
+
+
+def test_unknown_paths_answer_json(web: FlaskClient, tokens: dict) -> None:
+    answer = web.delete(f"{API}/space/workspace", headers=bearer(tokens))
+    assert answer.status_code == 404 and answer.get_json() == {"code": 404, "message": "no such endpoint"}
+    assert web.get(f"{API}/space/workspace").status_code == 401
