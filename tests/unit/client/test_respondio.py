@@ -1,7 +1,6 @@
 """The client's call policy against a scripted local HTTP server: 401, 429/449, 5xx, dropped connections."""
 from __future__ import annotations
 
-import threading
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 from typing import Any
