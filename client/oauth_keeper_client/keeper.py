@@ -9,7 +9,7 @@ from typing import Any
 import requests
 
 from oauth_keeper_client.errors import KeeperError, NeedsReauth, NotFound, RateLimited, Revoked, ServiceUnavailable
-from oauth_keeper_client.models import ConnectSession, Connection, Integration, Token
+from oauth_keeper_client.models import Connection, ConnectSession, Integration, Token
 
 DEFAULT_TIMEOUT = (5.0, 30.0)  # connect, read: `…/token` may wait for a refresh (TOKEN_WAIT_SECONDS)
 

@@ -10,10 +10,9 @@ from typing import Any
 
 import pytest
 import requests
+from oauth_keeper_client import Keeper, NeedsReauth, NotFound, RespondIO, RespondIOError, RetryPolicy, TokenRejected
 from requests.adapters import HTTPAdapter
 
-from oauth_keeper_client import (Keeper, NeedsReauth, NotFound, RespondIO, RespondIOError, RetryPolicy,
-                                 TokenRejected)
 from tests.integration.stack import BIN, Stack, Tenant
 
 pytestmark = pytest.mark.integration

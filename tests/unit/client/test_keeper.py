@@ -4,8 +4,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-
 from oauth_keeper_client import Keeper, KeeperError, NeedsReauth, NotFound, RateLimited, Revoked, ServiceUnavailable
+
 from tests.unit.client.conftest import Scripted
 
 

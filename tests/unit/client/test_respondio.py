@@ -6,11 +6,20 @@ from email.utils import format_datetime
 from typing import Any
 
 import pytest
-
-from oauth_keeper_client import (ClientError, NeedsReauth, RateLimited, RespondIO, RespondIOError, RetryPolicy,
-                                 Token, TokenRejected)
+from oauth_keeper_client import (
+    ClientError,
+    NeedsReauth,
+    RateLimited,
+    RespondIO,
+    RespondIOError,
+    RetryPolicy,
+    Token,
+    TokenRejected,
+)
 from oauth_keeper_client.tokens import TokenCache
+
 from tests.unit.client.conftest import DROP, Scripted
+
 
 class Source:
     """A token source that hands out numbered tokens and counts refreshes."""
