@@ -59,3 +59,17 @@ def test_tokens_connections_and_sessions_are_dataclasses(server: Scripted, keepe
         "/api/v1/connections/conn_1/refresh", "/api/v1/connections?status=active",
         "/api/v1/connections?status=active&cursor=c1", "/api/v1/connect-sessions"]
     assert "key-123" not in repr(keeper)
+
+
+def test_delete_connection_and_the_integrations_api_base_url(server: Scripted, keeper: Keeper) -> None:
+    server.script = [
+        (202, {}, {}),
+        (200, {"id": "conn_1", "integration_id": "int_1", "end_user_id": "u", "status": "active"}, {}),
+        (200, {"id": "int_1", "provider": "respondio", "client_id": "c", "api_base_url": "https://api.respond.io/v2"},
+         {}),
+    ]
+    assert keeper.delete_connection("conn_1") is None
+    assert keeper.api_base_url("conn_1") == "https://api.respond.io/v2"
+    assert [(method, path) for method, path, _ in server.seen] == [
+        ("DELETE", "/api/v1/connections/conn_1"), ("GET", "/api/v1/connections/conn_1"),
+        ("GET", "/api/v1/integrations/int_1")]
