@@ -5,7 +5,7 @@ import threading
 import weakref
 from typing import Protocol
 
-from oauth_keeper_client.errors import ClientError
+from oauth_keeper_client.errors import ClientError, NeedsReauth, Revoked
 from oauth_keeper_client.models import Token
 
 
@@ -26,7 +26,7 @@ class TokenCache:
     """One connection's token, fetched when missing or due, replaced once per rejection.
 
     Threads that meet a 401 with the same token share one refresh: the first one under the
-    lock refreshes, the others find the token already replaced (or the same failure)."""
+    lock refreshes, the others find the token already replaced (or the same final failure)."""
 
     def __init__(self, source: TokenSource, connection_id: str, margin_seconds: float = 60.0) -> None:
         self.source, self.connection_id, self.margin_seconds = source, connection_id, margin_seconds
@@ -54,8 +54,11 @@ class TokenCache:
                 raise self._failed[1]
             try:
                 self._token = self.source.refresh(self.connection_id)
-            except ClientError as error:
+            except (NeedsReauth, Revoked) as error:  # final until the end user connects again
                 self._token, self._failed = None, (rejected.access_token, error)
+                raise
+            except ClientError:
+                self._token = None  # transient: the next holder of the rejected token tries again
                 raise
             self._failed = None
             return self._token

@@ -13,6 +13,7 @@ from oauth_keeper_client import (
     RespondIO,
     RespondIOError,
     RetryPolicy,
+    ServiceUnavailable,
     Token,
     TokenRejected,
 )
@@ -78,6 +79,16 @@ def test_a_failed_refresh_surfaces_once_for_every_holder_of_the_rejected_token(s
         with pytest.raises(NeedsReauth):
             cache.replace(rejected)
     assert source.refreshes == 1
+
+
+def test_a_transient_refresh_failure_is_tried_again_by_the_next_holder(server: Scripted) -> None:
+    source = Source(server.url, fail_refresh=ServiceUnavailable(503, "refresh_pending", "try again"))
+    cache = TokenCache(source, "conn_1")
+    rejected = cache.current()
+    with pytest.raises(ServiceUnavailable):
+        cache.replace(rejected)
+    source.fail_refresh = None
+    assert cache.replace(rejected).access_token == "token-2" and source.refreshes == 2
 
 
 def test_429_and_449_wait_their_retry_after(server: Scripted, waits: list[float]) -> None:
