@@ -129,7 +129,7 @@ def test_a_429_is_waited_out_for_its_retry_after(stack: Stack, tenant: Tenant,
     api = Timeline()
     respondio = RespondIO(keeper_of(stack, tenant), connection_id, session=session_over(api))
     respondio.list_users()  # the token, before the limit bites
-    stack.knobs(client["client_id"], api_rate_limit=1, api_rate_window=3)
+    stack.knobs(client["client_id"], api_rate_limit=1, api_rate_window=2)
     for _ in range(3):
         assert len(respondio.list_users()) == 3
 
