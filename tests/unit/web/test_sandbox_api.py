@@ -150,3 +150,10 @@ def test_unknown_paths_answer_json(web: FlaskClient, tokens: dict) -> None:
     answer = web.delete(f"{API}/space/workspace", headers=bearer(tokens))
     assert answer.status_code == 404 and answer.get_json() == {"code": 404, "message": "no such endpoint"}
     assert web.get(f"{API}/space/workspace").status_code == 401
+
+
+@pytest.mark.parametrize("knobs_", [{"api_rate_window": 3601}, {"api_rate_limit": 0}, {"expire_access_tokens": -1},
+                                    {"expire_access_tokens": True}, {"api_fail": "500"}, {"api_fail": ["500"] * 1001}])
+def test_the_api_knobs_are_capped(web: FlaskClient, creds: dict, knobs_: dict) -> None:
+    answer = web.put(f"/sandbox/admin/clients/{creds['client_id']}/knobs", json=knobs_)
+    assert answer.status_code == 400 and answer.get_json()["error"] == "invalid_request"
