@@ -5,6 +5,7 @@ from collections.abc import Iterator
 
 import pytest
 from oauth_keeper_client import Keeper, KeeperError, NeedsReauth, NotFound, RateLimited, Revoked, ServiceUnavailable
+from oauth_keeper_client.keeper import retry_after
 
 from tests.unit.client.conftest import Scripted
 
@@ -73,3 +74,9 @@ def test_delete_connection_and_the_integrations_api_base_url(server: Scripted, k
     assert [(method, path) for method, path, _ in server.seen] == [
         ("DELETE", "/api/v1/connections/conn_1"), ("GET", "/api/v1/connections/conn_1"),
         ("GET", "/api/v1/integrations/int_1")]
+
+
+def test_retry_after_reads_seconds_and_dates() -> None:
+    assert retry_after("3") == 3 and retry_after("1.5") == 1.5 and retry_after("-4") == 0
+    assert retry_after(None) is None and retry_after("soon") is None
+    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0  # a date in the past: no wait
