@@ -1,14 +1,14 @@
 """integrations.api_base_url: where the provider's own API lives
 
 Revision ID: client
-Revises: 0001
+Revises: hooks
 Create Date: 2026-11-28
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = "client"
-down_revision = "0001"
+down_revision = "hooks"
 branch_labels = None
 depends_on = None
 
