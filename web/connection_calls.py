@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from oauth_keeper_client import ClientError, NeedsReauth, NotFound, RespondIO, Revoked, ServiceUnavailable, Token
+from oauth_keeper_client import NeedsReauth, NotFound, RespondIO, Revoked, ServiceUnavailable, Token
 from oauth_keeper_client.errors import KeeperError
 
-from shared.egress import ForbiddenAddress, check_public
-from shared.integrations import public_only
+from shared.egress import http_session
+from shared.integrations import egress_rules
 from shared.models import Connection, Integration
 from web import runtime
 from web.errors import ApiError
@@ -23,19 +23,20 @@ ERRORS: dict[str, type[KeeperError]] = {"needs_reauth": NeedsReauth, "revoked": 
                                         "refresh_pending": ServiceUnavailable}
 
 
+def _rows(connection_id: str) -> tuple[Connection, Integration]:
+    with runtime().db.session() as session:
+        connection = session.get(Connection, connection_id)
+        integration = session.get(Integration, connection.integration_id) if connection else None
+    if connection is None or integration is None:
+        raise NotFound(404, "not_found", "connection not found")
+    return connection, integration
+
+
 class ServiceTokens:
     """The client's token source inside the service, reading the database directly."""
 
-    def _connection(self, connection_id: str) -> tuple[Connection, Integration]:
-        with runtime().db.session() as session:
-            connection = session.get(Connection, connection_id)
-            integration = session.get(Integration, connection.integration_id) if connection else None
-        if connection is None or integration is None:
-            raise NotFound(404, "not_found", "connection not found")
-        return connection, integration
-
     def _token(self, connection_id: str, force: bool) -> Token:
-        connection, _ = self._connection(connection_id)
+        connection, _ = _rows(connection_id)
         try:
             return Token.from_json(fresh_token(connection, force))
         except ApiError as error:
@@ -50,19 +51,15 @@ class ServiceTokens:
         return self._token(connection_id, force=True)
 
     def api_base_url(self, connection_id: str) -> str | None:
-        """The integration's API base URL, held to the egress rule of its token URL."""
-        _, integration = self._connection(connection_id)
-        if integration.api_base_url and public_only(runtime().settings, integration.provider):
-            try:
-                check_public(integration.api_base_url)
-            except ForbiddenAddress as error:
-                raise ClientError(f"connection {connection_id}: its api_base_url is not allowed: {error}") from None
-        return integration.api_base_url
+        """The integration's API base URL."""
+        return _rows(connection_id)[1].api_base_url
 
 
 def call(connection_id: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    """The status and the answer (JSON, else text) of one call."""
-    response = RespondIO(ServiceTokens(), connection_id).request(method, path, json=body)
+    """The status and the answer (JSON, else text) of one call, through a session held to the egress
+    rules of the integration's provider (pinned, checked addresses)."""
+    rules = egress_rules(runtime().settings, _rows(connection_id)[1].provider)
+    response = RespondIO(ServiceTokens(), connection_id, session=http_session(rules)).request(method, path, json=body)
     try:
         return response.status_code, response.json()
     except ValueError:
