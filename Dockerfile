@@ -14,7 +14,9 @@ COPY shared ./shared
 COPY web ./web
 COPY worker ./worker
 COPY migrations ./migrations
-RUN pip install . \
+COPY client ./client
+# The client package serves `flask --app web connections call`.
+RUN pip install . ./client \
     && mkdir -p /app/var \
     && chown app:app /app/var
 

@@ -7,10 +7,10 @@ BENCH_ARGS ?=
 
 .PHONY: dev test bench screenshots compose-check clean
 
-# (Re)install whenever pyproject.toml changes.
-$(STAMP): pyproject.toml
+# (Re)install whenever pyproject.toml changes; the client package (client/) goes in too.
+$(STAMP): pyproject.toml client/pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	$(VENV)/bin/python -m pip install --quiet -e '.[dev]' -e ./client
 	touch $@
 
 ## The whole system in the foreground: web, worker, beat, Redis if needed. Ctrl-C stops it.

@@ -201,6 +201,15 @@ def provision(base: str) -> dict[str, str]:
     }
 
 
+def client_snippet(public: str, api_key: str) -> list[str]:
+    """Three lines of Python that list the demo connection's sandbox contacts through the client."""
+    return [
+        "from oauth_keeper_client import Keeper, RespondIO",
+        f'keeper = Keeper("{public}", "{api_key}")',
+        "print(list(RespondIO(keeper, next(keeper.connections()).id).list_contacts()))",
+    ]
+
+
 def banner(demo: dict[str, str], redis: LocalRedis) -> str:
     public = os.environ["PUBLIC_BASE_URL"].rstrip("/")
     redis_note = {"external": "", "redis-server": "  (redis-server started for this run)",
@@ -224,6 +233,9 @@ def banner(demo: dict[str, str], redis: LocalRedis) -> str:
             "Then see the connection and fetch its access token:",
             f'  curl -s -H "Authorization: Bearer {demo["api_key"]}" {public}/api/v1/connections',
             f'  curl -s -H "Authorization: Bearer {demo["api_key"]}" {public}/api/v1/connections/<id>/token',
+            "",
+            "And list the connection's sandbox contacts through the client (.venv/bin/python):",
+            *(f"  {line}" for line in client_snippet(public, demo["api_key"])),
             rule,
         ]
     )

@@ -76,6 +76,8 @@ class Integration(Base):
     token_auth_method: Mapped[str] = mapped_column(String(32), default="client_secret_basic")
     pkce: Mapped[bool] = mapped_column(Boolean, default=True)
     extra_authorize_params: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    # Where the provider's own API lives, for clients calling it with a connection's token.
+    api_base_url: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

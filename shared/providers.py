@@ -18,16 +18,18 @@ from shared.egress import AnswerTooLarge, ForbiddenAddress, Rules
 
 RESPONDIO_AUTHORIZE_URL = "https://app.respond.io/oauth/authorize"
 RESPONDIO_TOKEN_URL = "https://app.respond.io/oauth/token"
+RESPONDIO_API_BASE_URL = "https://api.respond.io/v2"
 
 
 def default_urls(provider: str, public_base_url: str) -> dict[str, str]:
     """The URLs (and issuer) a provider kind uses when the integration names none."""
     if provider == "respondio":
-        return {"authorize_url": RESPONDIO_AUTHORIZE_URL, "token_url": RESPONDIO_TOKEN_URL}
+        return {"authorize_url": RESPONDIO_AUTHORIZE_URL, "token_url": RESPONDIO_TOKEN_URL,
+                "api_base_url": RESPONDIO_API_BASE_URL}
     if provider == "sandbox":
         issuer = f"{public_base_url}/sandbox"
         return {"authorize_url": f"{issuer}/oauth/authorize", "token_url": f"{issuer}/oauth/token",
-                "revoke_url": f"{issuer}/oauth/revoke", "issuer": issuer}
+                "revoke_url": f"{issuer}/oauth/revoke", "issuer": issuer, "api_base_url": f"{issuer}/api/v2"}
     return {}
 
 

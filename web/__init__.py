@@ -43,9 +43,10 @@ def create_app(settings: Settings | None = None, runtime_: Runtime | None = None
     app.register_blueprint(ops.bp)
     app.register_error_handler(HTTPException, api.api_http_error)
     if settings.sandbox_provider:
-        from web import sandbox
+        from web import sandbox, sandbox_api
 
         app.register_blueprint(sandbox.bp)
+        app.register_blueprint(sandbox_api.bp)
     cli.register(app)
     app.before_request(_log_context)
     count_requests(app)

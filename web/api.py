@@ -86,19 +86,19 @@ def create_integration() -> tuple[Response, int]:
         raise ApiError(422, "invalid_fields", "provider 'sandbox' needs SANDBOX_PROVIDER on",
                        details=[{"field": "provider", "message": "the sandbox provider is off"}])
     given = {"authorize_url": body.authorize_url, "token_url": body.token_url, "revoke_url": body.revoke_url,
-             "issuer": body.issuer}
+             "issuer": body.issuer, "api_base_url": body.api_base_url}
     if body.provider == "sandbox" and any(given.values()):
         named = [name for name, value in given.items() if value]
         raise ApiError(422, "invalid_fields", "the sandbox always uses its own URLs",
                        details=[{"field": name, "message": "not allowed for the sandbox provider"} for name in named])
     urls = default_urls(body.provider, rt.settings.public_base_url)
-    resolved = {name: given.get(name) or urls.get(name) for name in ("authorize_url", "token_url", "revoke_url", "issuer")}
+    resolved = {name: given.get(name) or urls.get(name) for name in given}
     missing = [name for name in ("authorize_url", "token_url") if not resolved[name]]
     if missing:
         raise ApiError(422, "invalid_fields", f"provider {body.provider!r} needs {' and '.join(missing)}",
                        details=[{"field": name, "message": "required for this provider"} for name in missing])
     rules = egress_rules(rt.settings, body.provider)
-    for name in ("token_url", "revoke_url"):
+    for name in ("token_url", "revoke_url", "api_base_url"):
         url = resolved[name]
         try:
             if url:

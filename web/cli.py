@@ -1,7 +1,8 @@
-"""Flask CLI: `db upgrade`, `tenants create NAME`, `keys rotate`."""
+"""Flask CLI: `db upgrade`, `tenants create NAME`, `keys rotate`, `connections call`."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 from flask import Flask
@@ -14,6 +15,8 @@ from web import runtime
 db_cli = AppGroup("db", help="Database schema.")
 tenants_cli = AppGroup("tenants", help="Tenants and their API keys.")
 keys_cli = AppGroup("keys", help="Encryption keys.")
+connections_cli = AppGroup("connections", help="Connections.")
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 
 @db_cli.command("upgrade")
@@ -41,7 +44,36 @@ def keys_rotate() -> None:
     click.echo(json.dumps({"reencrypted": count}))
 
 
+@connections_cli.command("call")
+@click.argument("connection_id")
+@click.argument("method", type=click.Choice(METHODS, case_sensitive=False))
+@click.argument("path")
+@click.option("--json", "body", metavar="BODY", help="A JSON request body.")
+def connections_call(connection_id: str, method: str, path: str, body: str | None) -> None:
+    """One call to the provider's API with the connection's token: prints the status, then the JSON.
+
+    PATH is under the integration's api_base_url, e.g. /contact/email:ann@example.com."""
+    from oauth_keeper_client import ClientError  # the client package, only for this command
+
+    from web.connection_calls import call
+
+    payload: Any = None
+    if body is not None:
+        try:
+            payload = json.loads(body)
+        except ValueError as error:
+            raise click.BadParameter(f"not JSON: {error}", param_hint="--json") from None
+    try:
+        status, answer = call(connection_id, method.upper(), path, payload)
+    except (ClientError, ValueError) as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(status)
+    click.echo(json.dumps(answer, indent=2))
+    if status >= 400:
+        raise SystemExit(1)
+
+
 def register(app: Flask) -> None:
     """Attach the command groups to the app."""
-    for group in (db_cli, tenants_cli, keys_cli):
+    for group in (db_cli, tenants_cli, keys_cli, connections_cli):
         app.cli.add_command(group)

@@ -56,6 +56,7 @@ SCHEMAS: dict[str, Schema] = {
     "Integration": _object({
         "id": STRING, "provider": _enum_of(IntegrationIn, "provider"), "client_id": STRING, "scopes": STRINGS,
         "authorize_url": URI, "token_url": URI, "revoke_url": _nullable(URI), "issuer": _nullable(STRING),
+        "api_base_url": _nullable(URI),
         "token_auth_method": _enum_of(IntegrationIn, "token_auth_method"), "pkce": {"type": "boolean"},
         "extra_authorize_params": {"type": "object", "additionalProperties": STRING},
         "redirect_uri": URI, "created_at": TIME,

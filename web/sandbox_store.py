@@ -1,7 +1,7 @@
 """Redis state of the sandbox provider, all under `sandbox:`; every transition is one atomic step.
 
 Keys: `client:{id}` (hash: secret digest, redirect URIs, TTL), `knobs:{id}` (hash), `fail:{id}` (list),
-`stats:{id}` (hash), `code:{digest}` (hash, 60 s), `used:{digest}` (grant id the code made),
+`api_fail:{id}` (list), `stats:{id}` (hash), `code:{digest}` (hash, 60 s), `used:{digest}` (grant id the code made),
 `grant:{id}` (hash: client_id, scope, workspace), `at:{digest}` ("grant exp"), `rt:{digest}` (grant id,
 or "!grant" once spent). Tokens are valid only while their grant exists, so revoking a grant is one DEL.
 """
@@ -29,6 +29,9 @@ MAX_RETRY_AFTER = 3600
 MAX_ACCESS_TTL = 30 * 24 * 3600
 MAX_SCRIPTED_FAILURES = 1000
 MAX_REDIRECT_URIS = 20
+API_FAILURES = ("500", "502", "503")
+# The sandbox API's default limit per organization, in requests per window of seconds.
+API_RATE_LIMIT, API_RATE_WINDOW = 100, 1
 
 _REVOKE = """
 local function revoke(gid)
@@ -240,7 +243,8 @@ def validate_knobs(body: object) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ValueError("the body must be a JSON object")
     unknown = set(body) - {"latency_ms", "access_token_ttl", "fail", "retry_after", "timeout_seconds",
-                           "rotate_refresh_tokens"}
+                           "rotate_refresh_tokens", "api_rate_limit", "api_rate_window", "expire_access_tokens",
+                           "api_fail"}
     if unknown:
         raise ValueError(f"unknown knobs: {', '.join(sorted(unknown))}")
     knobs: dict[str, Any] = {}
@@ -259,35 +263,52 @@ def validate_knobs(body: object) -> dict[str, Any]:
         if not isinstance(body["rotate_refresh_tokens"], bool):
             raise ValueError("rotate_refresh_tokens must be true or false")
         knobs["rotate_refresh_tokens"] = int(body["rotate_refresh_tokens"])
+    for name, minimum, maximum in (("api_rate_limit", 1, 100_000), ("api_rate_window", 1, 3600),
+                                   ("expire_access_tokens", 0, 1000)):
+        if name in body:
+            knobs[name] = _positive_int(body[name], name, minimum, maximum)
     fail = body.get("fail", [])
     if not isinstance(fail, list) or any(item not in FAILURES for item in fail):
         raise ValueError(f"fail must be a list of: {', '.join(FAILURES)}")
     if len(fail) > MAX_SCRIPTED_FAILURES:
         raise ValueError(f"fail may script at most {MAX_SCRIPTED_FAILURES} failures")
-    return {**knobs, "fail": fail}
+    api_fail = body.get("api_fail", [])
+    if not isinstance(api_fail, list) or any(item not in API_FAILURES for item in api_fail):
+        raise ValueError(f"api_fail must be a list of: {', '.join(API_FAILURES)}")
+    if len(api_fail) > MAX_SCRIPTED_FAILURES:
+        raise ValueError(f"api_fail may script at most {MAX_SCRIPTED_FAILURES} failures")
+    return {**knobs, "fail": fail, "api_fail": api_fail}
 
 
 def set_knobs(redis: Redis, client_id: str, knobs: dict[str, Any]) -> None:
     """Replace the client's knobs and scripted failures at once."""
-    settings = {name: str(value) for name, value in knobs.items() if name != "fail"}
-    pipe = redis.pipeline(transaction=True).delete(f"sandbox:knobs:{client_id}", f"sandbox:fail:{client_id}")
+    settings = {name: str(value) for name, value in knobs.items() if name not in ("fail", "api_fail")}
+    pipe = redis.pipeline(transaction=True).delete(f"sandbox:knobs:{client_id}", f"sandbox:fail:{client_id}",
+                                                   f"sandbox:api_fail:{client_id}")
     if settings:
         pipe.hset(f"sandbox:knobs:{client_id}", mapping=settings)
     if knobs["fail"]:
         pipe.rpush(f"sandbox:fail:{client_id}", *knobs["fail"])
+    if knobs.get("api_fail"):
+        pipe.rpush(f"sandbox:api_fail:{client_id}", *knobs["api_fail"])
     pipe.execute()
 
 
 def get_knobs(redis: Redis, client_id: str) -> dict[str, Any]:
     """The client's knobs with their defaults, and the scripted failures not yet consumed."""
-    stored, fail = (redis.pipeline(transaction=True).hgetall(f"sandbox:knobs:{client_id}")
-                    .lrange(f"sandbox:fail:{client_id}", 0, -1).execute())
+    stored, fail, api_fail = (redis.pipeline(transaction=True).hgetall(f"sandbox:knobs:{client_id}")
+                              .lrange(f"sandbox:fail:{client_id}", 0, -1)
+                              .lrange(f"sandbox:api_fail:{client_id}", 0, -1).execute())
     knobs = {k.decode(): v.decode() for k, v in stored.items()}
     return {"latency_ms": int(knobs.get("latency_ms", 0)),
             "access_token_ttl": int(knobs["access_token_ttl"]) if "access_token_ttl" in knobs else None,
             "fail": [item.decode() for item in fail], "retry_after": int(knobs.get("retry_after", 1)),
             "timeout_seconds": float(knobs.get("timeout_seconds", 30)),
-            "rotate_refresh_tokens": knobs.get("rotate_refresh_tokens", "1") != "0"}
+            "rotate_refresh_tokens": knobs.get("rotate_refresh_tokens", "1") != "0",
+            "api_rate_limit": int(knobs.get("api_rate_limit", API_RATE_LIMIT)),
+            "api_rate_window": int(knobs.get("api_rate_window", API_RATE_WINDOW)),
+            "expire_access_tokens": int(knobs.get("expire_access_tokens", 0)),
+            "api_fail": [item.decode() for item in api_fail]}
 
 
 def get_stats(redis: Redis, client_id: str) -> dict[str, Any]:
@@ -296,4 +317,5 @@ def get_stats(redis: Redis, client_id: str) -> dict[str, Any]:
     return {"token_requests": {grant: counts.get(f"token_requests:{grant}", 0)
                                for grant in ("authorization_code", "refresh_token")},
             **{name: counts.get(name, 0)
-               for name in ("refresh_success", "grants_revoked", "revocations", "failures_injected")}}
+               for name in ("refresh_success", "grants_revoked", "revocations", "failures_injected", "api_requests",
+                            "api_tokens_expired", "api_rate_limited", "api_failures_injected")}}

@@ -38,12 +38,13 @@ class IntegrationIn(Body):
     authorize_url: str | None = None
     token_url: str | None = None
     revoke_url: str | None = None
+    api_base_url: str | None = None
     issuer: str | None = Field(default=None, max_length=500)
     token_auth_method: Literal["client_secret_basic", "client_secret_post"] = "client_secret_basic"
     pkce: bool = True
     extra_authorize_params: dict[str, str] = Field(default_factory=dict)
 
-    _urls = field_validator("authorize_url", "token_url", "revoke_url")(_absolute_http_url)
+    _urls = field_validator("authorize_url", "token_url", "revoke_url", "api_base_url")(_absolute_http_url)
 
     @field_validator("scopes")
     @classmethod

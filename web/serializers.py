@@ -22,6 +22,7 @@ def integration_json(integration: Integration, redirect_uri: str) -> dict[str, A
         "authorize_url": integration.authorize_url,
         "token_url": integration.token_url,
         "revoke_url": integration.revoke_url,
+        "api_base_url": integration.api_base_url,
         "issuer": integration.issuer,
         "token_auth_method": integration.token_auth_method,
         "pkce": integration.pkce,

@@ -244,6 +244,14 @@ def test_make_dev_runs_the_system_connects_a_sandbox_account_and_stops_on_ctrl_c
     assert listed.status_code == 200, listed.text
     assert result["connection_id"] in [c["id"] for c in listed.json()["data"]]
 
+    # The printed client snippet lists the connection's sandbox contacts (none yet).
+    starts = ("from oauth_keeper_client import", "keeper = Keeper(", "print(list(RespondIO(")
+    snippet = [next((line.strip() for line in output.lines if line.strip().startswith(start)), "")
+               for start in starts]
+    assert all(snippet), output.tail()
+    ran = subprocess.run([sys.executable, "-c", "\n".join(snippet)], capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0 and ran.stdout.strip() == "[]", (ran.stdout, ran.stderr)
+
     # Ctrl-C, as a terminal sends it: to the foreground process group, make's, which
     # holds make and the dev runner (the runner's children have sessions of their own).
     before = descendants(process.pid)

@@ -35,6 +35,7 @@ def test_respondio_defaults_to_its_published_urls() -> None:
     urls = default_urls("respondio", "http://svc")
     assert urls["authorize_url"] == "https://app.respond.io/oauth/authorize" == RESPONDIO_AUTHORIZE_URL
     assert urls["token_url"] == "https://app.respond.io/oauth/token" == RESPONDIO_TOKEN_URL
+    assert urls["api_base_url"] == "https://api.respond.io/v2"
 
 
 def test_sandbox_lives_under_the_public_base_url() -> None:
@@ -44,6 +45,7 @@ def test_sandbox_lives_under_the_public_base_url() -> None:
         "token_url": "http://127.0.0.1:8000/sandbox/oauth/token",
         "revoke_url": "http://127.0.0.1:8000/sandbox/oauth/revoke",
         "issuer": "http://127.0.0.1:8000/sandbox",
+        "api_base_url": "http://127.0.0.1:8000/sandbox/api/v2",
     }
 
 

@@ -304,7 +304,9 @@ def test_knobs_roundtrip_ttl_and_latency(web: FlaskClient, creds: dict, tokens: 
     knobs(web, creds, latency_ms=20, access_token_ttl=90, fail=["500"])
     knobs(web, creds, latency_ms=20, access_token_ttl=90)  # PUT replaces, the fail list too
     assert web.get(path).get_json() == {"latency_ms": 20, "access_token_ttl": 90, "fail": [], "retry_after": 1,
-                                        "timeout_seconds": 30.0, "rotate_refresh_tokens": True}
+                                        "timeout_seconds": 30.0, "rotate_refresh_tokens": True,
+                                        "api_rate_limit": 100, "api_rate_window": 1, "expire_access_tokens": 0,
+                                        "api_fail": []}
     started = time.monotonic()
     assert refresh(web, creds, tokens["refresh_token"]).get_json()["expires_in"] == 90
     assert time.monotonic() - started >= 0.02
