@@ -212,3 +212,19 @@ def exchange_code(client: OAuthClient, *, code: str, redirect_uri: str, code_ver
 def refresh(client: OAuthClient, *, refresh_token: str, timeout: float) -> TokenSet:
     """The refresh-token grant."""
     return request_token(client, {"grant_type": "refresh_token", "refresh_token": refresh_token}, timeout)
+
+
+def revoke(client: OAuthClient, revoke_url: str, *, token: str, token_type_hint: str, timeout: float) -> None:
+    """RFC 7009 revocation of one token, with the client's authentication; raise
+    ProviderError unless the server answers 200 (which it does for unknown tokens too)."""
+    if client.public_only:
+        try:
+            check_public(revoke_url)
+        except ForbiddenAddress as refused:
+            raise ProviderError(str(refused), error="forbidden_address") from None
+    body, headers = _authenticated(client, {"token": token, "token_type_hint": token_type_hint})
+    answer = _post(revoke_url, body, headers, timeout)
+    if answer.status != 200:
+        error = str(_json_object(answer.body).get("error") or f"http_{answer.status}")[:64]
+        raise ProviderError(error, status=answer.status, error=error,
+                            retry_after=retry_after_seconds(answer.headers.get("Retry-After")))

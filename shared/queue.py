@@ -12,6 +12,8 @@ EXCHANGE_CODE = "connect.exchange_code"
 REFRESH_CONNECTION = "tokens.refresh_connection"
 SWEEP_DUE = "tokens.sweep_due"
 REFRESH_BATCH = "tokens.refresh_batch"
+REVOKE_CONNECTION = "connections.revoke"
+PRUNE_HISTORY = "history.prune"
 # Work someone waits for (a browser, an API call) goes to its own queue, so that it
 # is never stuck behind the sweep's backlog; workers consume both.
 INTERACTIVE_QUEUE = "interactive"

@@ -12,11 +12,14 @@ from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
 
+from shared import refreshes
 from shared.crypto import digest, new_secret
 from shared.egress import ForbiddenAddress, check_public
 from shared.integrations import public_only
 from shared.models import Connection, ConnectSession, Event, Integration, utcnow
 from shared.providers import default_urls
+from shared.queue import REVOKE_CONNECTION
+from shared.revocations import mark_revoked
 from web import runtime
 from web.auth import authenticate
 from web.errors import ApiError, not_found
@@ -221,6 +224,23 @@ def connection_events(connection_id: str) -> Response:
             select(Event).where(Event.connection_id == connection_id).order_by(Event.created_at, Event.id)
         ).all()
         return jsonify({"data": [event_json(event) for event in events]})
+
+
+@bp.delete("/connections/<connection_id>")
+def delete_connection(connection_id: str) -> tuple[Response, int]:
+    """Disconnect: `revoked` at once (no token is served after the 202); a worker then
+    revokes the tokens at the provider and erases them. A second call changes nothing."""
+    rt = runtime()
+    with rt.db.session() as session:
+        _owned(session, Connection, connection_id, "connection")
+        changed = mark_revoked(session, connection_id)
+        connection = session.get(Connection, connection_id, populate_existing=True)
+    if changed:
+        # Announced after the commit, before the 202: every web process drops what it
+        # knew of the connection, and waiters on a refresh wake to find it revoked.
+        refreshes.announce(rt.redis, connection_id)
+        rt.celery.send_task(REVOKE_CONNECTION, args=[connection_id], ignore_result=True)
+    return jsonify(connection_json(connection)), 202
 
 
 def _token_response(connection_id: str, force: bool) -> Response:

@@ -15,7 +15,7 @@ BEAT_LOCK_SECONDS = 30
 settings = get_settings()
 celery = build_celery(settings, name="worker")
 celery.conf.update(
-    imports=("worker.exchange", "worker.refresh", "worker.sweep"),
+    imports=("worker.exchange", "worker.refresh", "worker.revoke", "worker.sweep"),
     # Tasks spend their time waiting on providers and the database: threads
     # give many concurrent calls per process at little memory.
     worker_pool="threads",
