@@ -1,13 +1,21 @@
 """Tenants, their API keys, and re-encryption of stored secrets."""
 from __future__ import annotations
 
-from sqlalchemy import select, update
+import redis
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.crypto import Cipher, digest, new_secret
 from shared.models import Connection, Integration, Tenant
 
 API_KEY_PREFIX = "ok_live_"
+# A tenant's id is published here whenever its API key changes, so that every web
+# process forgets the old key at once.
+API_KEYS_CHANNEL = "api-key-updates"
+
+
+class TenantNotFound(LookupError):
+    """No tenant, or more than one, answers to the name given."""
 
 
 def create_tenant(session: Session, name: str) -> tuple[Tenant, str]:
@@ -17,6 +25,35 @@ def create_tenant(session: Session, name: str) -> tuple[Tenant, str]:
     session.add(tenant)
     session.flush()
     return tenant, api_key
+
+
+def find_tenant(session: Session, name_or_id: str) -> Tenant:
+    """The one tenant with this id, or else this name; TenantNotFound when none or several."""
+    tenants = session.scalars(select(Tenant).where(or_(Tenant.id == name_or_id, Tenant.name == name_or_id))
+                              .order_by(Tenant.created_at)).all()
+    exact = [tenant for tenant in tenants if tenant.id == name_or_id]
+    if exact:
+        return exact[0]
+    if not tenants:
+        raise TenantNotFound(f"no tenant is named {name_or_id!r}")
+    if len(tenants) > 1:
+        ids = ", ".join(tenant.id for tenant in tenants)
+        raise TenantNotFound(f"several tenants are named {name_or_id!r} ({ids}); give the id instead")
+    return tenants[0]
+
+
+def rotate_api_key(session: Session, tenant: Tenant) -> str:
+    """Give the tenant a new API key (stored only hashed) and return it; the old one
+    stops matching once this commits. Announce it with `announce_key_change`."""
+    api_key = API_KEY_PREFIX + new_secret(32)
+    tenant.api_key_hash = digest(api_key)
+    session.flush()
+    return api_key
+
+
+def announce_key_change(client: redis.Redis, tenant_id: str) -> None:
+    """Tell every web process that this tenant's API key changed."""
+    client.publish(API_KEYS_CHANNEL, tenant_id)
 
 
 def tenant_for_key(session: Session, api_key: str) -> Tenant | None:
