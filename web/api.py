@@ -150,6 +150,8 @@ def create_connect_session() -> tuple[Response, int]:
             connection = _owned(session, Connection, body.connection_id, "connection")
             if connection.integration_id != body.integration_id:
                 raise ApiError(409, "integration_mismatch", "the connection belongs to another integration")
+            if connection.status == "revoked":
+                raise ApiError(409, "revoked", "the connection is revoked; connect a new one instead")
         connect_session = ConnectSession(
             tenant_id=g.tenant_id,
             integration_id=body.integration_id,
