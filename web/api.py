@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from flask import Blueprint, Response, g, jsonify, request
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import select, tuple_
+from sqlalchemy import Select, select, tuple_
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
 
@@ -169,8 +169,9 @@ def create_connect_session() -> tuple[Response, int]:
     }), 201
 
 
-def _cursor(connection: Connection) -> str:
-    raw = json.dumps([connection.created_at.isoformat(), connection.id]).encode()
+def _cursor(row: Connection | Event) -> str:
+    """The opaque position after a row, in (created_at, id) order."""
+    raw = json.dumps([row.created_at.isoformat(), row.id]).encode()
     return base64.urlsafe_b64encode(raw).decode()
 
 
@@ -185,14 +186,28 @@ def _after(cursor: str) -> tuple[datetime, str]:
         raise ApiError(400, "invalid_cursor", "the cursor is not one this API returned") from None
 
 
+def _limit() -> int:
+    try:
+        return min(max(int(request.args.get("limit", 50)), 1), 200)
+    except ValueError:
+        raise ApiError(400, "invalid_limit", "limit must be a whole number") from None
+
+
+def _page(session: Session, model: type[Connection] | type[Event], query: Select[Any]) -> tuple[list[Any], str | None]:
+    """One page of a query in (created_at, id) order, from the `cursor` argument on,
+    with the cursor of the next page (None on the last)."""
+    limit = _limit()
+    if request.args.get("cursor"):
+        query = query.where(tuple_(model.created_at, model.id) > _after(request.args["cursor"]))
+    rows = session.scalars(query.order_by(model.created_at, model.id).limit(limit + 1)).all()
+    page = list(rows[:limit])
+    return page, _cursor(page[-1]) if len(rows) > limit else None
+
+
 @bp.get("/connections")
 def list_connections() -> Response:
     """The tenant's connections, filtered, in pages."""
     args = request.args
-    try:
-        limit = min(max(int(args.get("limit", 50)), 1), 200)
-    except ValueError:
-        raise ApiError(400, "invalid_limit", "limit must be a whole number") from None
     status = args.get("status")
     if status and status not in CONNECTION_STATUSES:
         raise ApiError(400, "invalid_status", f"status must be one of {', '.join(CONNECTION_STATUSES)}")
@@ -200,13 +215,8 @@ def list_connections() -> Response:
     for name in ("end_user_id", "integration_id", "status"):
         if args.get(name):
             query = query.where(getattr(Connection, name) == args[name])
-    if args.get("cursor"):
-        query = query.where(tuple_(Connection.created_at, Connection.id) > _after(args["cursor"]))
-    query = query.order_by(Connection.created_at, Connection.id).limit(limit + 1)
     with runtime().db.session() as session:
-        rows = session.scalars(query).all()
-    page = rows[:limit]
-    next_cursor = _cursor(page[-1]) if len(rows) > limit else None
+        page, next_cursor = _page(session, Connection, query)
     return jsonify({"data": [connection_json(row) for row in page], "next_cursor": next_cursor})
 
 
@@ -219,13 +229,11 @@ def get_connection(connection_id: str) -> Response:
 
 @bp.get("/connections/<connection_id>/events")
 def connection_events(connection_id: str) -> Response:
-    """The connection's history."""
+    """The connection's history, oldest first, in pages."""
     with runtime().db.session() as session:
         _owned(session, Connection, connection_id, "connection")
-        events = session.scalars(
-            select(Event).where(Event.connection_id == connection_id).order_by(Event.created_at, Event.id)
-        ).all()
-        return jsonify({"data": [event_json(event) for event in events]})
+        page, next_cursor = _page(session, Event, select(Event).where(Event.connection_id == connection_id))
+    return jsonify({"data": [event_json(event) for event in page], "next_cursor": next_cursor})
 
 
 @bp.delete("/connections/<connection_id>")
