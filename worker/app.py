@@ -7,7 +7,7 @@ from typing import Any
 from celery.signals import worker_process_init
 
 from shared.config import get_settings
-from shared.queue import SWEEP_DUE, build_celery
+from shared.queue import PRUNE_HISTORY, SWEEP_DUE, build_celery
 from shared.runtime import Runtime, build_runtime
 
 BEAT_LOCK_SECONDS = 30
@@ -15,7 +15,7 @@ BEAT_LOCK_SECONDS = 30
 settings = get_settings()
 celery = build_celery(settings, name="worker")
 celery.conf.update(
-    imports=("worker.exchange", "worker.refresh", "worker.revoke", "worker.sweep"),
+    imports=("worker.exchange", "worker.refresh", "worker.retention", "worker.revoke", "worker.sweep"),
     # Tasks spend their time waiting on providers and the database: threads
     # give many concurrent calls per process at little memory.
     worker_pool="threads",
@@ -26,6 +26,11 @@ celery.conf.update(
             "schedule": float(settings.refresh_sweep_seconds),
             # A sweep nobody ran in time is dropped: the next one covers it.
             "options": {"expires": float(settings.refresh_sweep_seconds)},
+        },
+        "prune-history": {
+            "task": PRUNE_HISTORY,
+            "schedule": float(settings.retention_sweep_seconds),
+            "options": {"expires": float(settings.retention_sweep_seconds)},
         },
     },
     # RedBeat keeps the schedule in Redis behind a lock, so of any number of beat
