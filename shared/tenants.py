@@ -6,6 +6,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.crypto import Cipher, digest, new_secret
+from shared.db import Database
 from shared.models import Connection, Integration, Tenant
 
 API_KEY_PREFIX = "ok_live_"
@@ -61,6 +62,8 @@ def tenant_for_key(session: Session, api_key: str) -> Tenant | None:
     return session.scalar(select(Tenant).where(Tenant.api_key_hash == digest(api_key)))
 
 
+# Rows re-encrypted per committed batch by `rotate_keys`.
+ROTATE_BATCH = 200
 _ENCRYPTED_COLUMNS = (
     (Tenant, ("webhook_secret_enc",)),
     (Integration, ("client_secret_enc",)),
@@ -68,19 +71,30 @@ _ENCRYPTED_COLUMNS = (
 )
 
 
-def rotate_keys(session: Session, cipher: Cipher) -> int:
+def rotate_keys(db: Database, cipher: Cipher, batch: int = ROTATE_BATCH) -> int:
     """Re-encrypt every stored secret under the newest key; return how many values changed.
 
-    Each write is conditional on the ciphertext it read, so a refresh that lands
-    meanwhile is never overwritten with the older token."""
+    Rows are read in keyset pages by id and each page is written and committed on its
+    own, so no row stays locked for longer than one small batch. Each write is
+    conditional on the ciphertext it read, so a refresh that lands meanwhile is never
+    overwritten with the older token. Values under the newest key already are skipped,
+    so running it again is cheap and prints 0."""
     count = 0
     for model, columns in _ENCRYPTED_COLUMNS:
         for column_name in columns:
             column = getattr(model, column_name)
-            rows = session.execute(select(model.id, column).where(column.is_not(None))).all()
-            for row_id, old in rows:
-                result = session.execute(
-                    update(model).where(model.id == row_id, column == old).values({column_name: cipher.rotate(old)})
-                )
-                count += result.rowcount
+            after = ""
+            while True:
+                with db.session() as session:
+                    rows = session.execute(select(model.id, column).where(column.is_not(None), model.id > after)
+                                           .order_by(model.id).limit(batch)).all()
+                    for row_id, old in rows:
+                        if cipher.is_newest(old):
+                            continue
+                        result = session.execute(update(model).where(model.id == row_id, column == old)
+                                                 .values({column_name: cipher.rotate(old)}))
+                        count += result.rowcount
+                if len(rows) < batch:
+                    break
+                after = rows[-1][0]
     return count

@@ -62,11 +62,9 @@ def tenants_list() -> None:
 
 @keys_cli.command("rotate")
 def keys_rotate() -> None:
-    """Re-encrypt every stored secret under the newest key and print the count."""
+    """Re-encrypt every stored secret under the newest key, in small committed batches, and print the count."""
     rt = runtime()
-    with rt.db.session() as session:
-        count = rotate_keys(session, rt.cipher)
-    click.echo(json.dumps({"reencrypted": count}))
+    click.echo(json.dumps({"reencrypted": rotate_keys(rt.db, rt.cipher)}))
 
 
 def register(app: Flask) -> None:
