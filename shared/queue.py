@@ -13,6 +13,7 @@ REFRESH_CONNECTION = "tokens.refresh_connection"
 SWEEP_DUE = "tokens.sweep_due"
 REFRESH_BATCH = "tokens.refresh_batch"
 REVOKE_CONNECTION = "connections.revoke"
+REVOKE_LEFTOVERS = "connections.revoke_leftovers"
 PRUNE_HISTORY = "history.prune"
 # Work someone waits for (a browser, an API call) goes to its own queue, so that it
 # is never stuck behind the sweep's backlog; workers consume both.

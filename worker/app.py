@@ -7,10 +7,11 @@ from typing import Any
 from celery.signals import worker_process_init
 
 from shared.config import get_settings
-from shared.queue import PRUNE_HISTORY, SWEEP_DUE, build_celery
+from shared.queue import PRUNE_HISTORY, REVOKE_LEFTOVERS, SWEEP_DUE, build_celery
 from shared.runtime import Runtime, build_runtime
 
 BEAT_LOCK_SECONDS = 30
+REVOKE_LEFTOVERS_SECONDS = 300.0
 
 settings = get_settings()
 celery = build_celery(settings, name="worker")
@@ -26,6 +27,11 @@ celery.conf.update(
             "schedule": float(settings.refresh_sweep_seconds),
             # A sweep nobody ran in time is dropped: the next one covers it.
             "options": {"expires": float(settings.refresh_sweep_seconds)},
+        },
+        "revoke-leftovers": {
+            "task": REVOKE_LEFTOVERS,
+            "schedule": REVOKE_LEFTOVERS_SECONDS,
+            "options": {"expires": REVOKE_LEFTOVERS_SECONDS},
         },
         "prune-history": {
             "task": PRUNE_HISTORY,

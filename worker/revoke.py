@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import logging
 import random
+from datetime import datetime, timedelta
 
 from celery import Task
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from shared import refreshes
 from shared.integrations import oauth_client
-from shared.models import Connection, Integration
+from shared.models import Connection, Integration, utcnow
 from shared.providers import ProviderError
 from shared.providers import revoke as post_revoke
-from shared.queue import REVOKE_CONNECTION
+from shared.queue import REVOKE_CONNECTION, REVOKE_LEFTOVERS
 from shared.revocations import erase_tokens
 from shared.runtime import Runtime
 from shared.tokens import is_transient
@@ -23,6 +24,10 @@ log = logging.getLogger(__name__)
 
 # Tries in all (the first and its retries); then the tokens are erased unrevoked.
 MAX_TRIES = 5
+# A revoked connection still holding tokens this long after its revocation lost its
+# task (the broker was down at the DELETE, or the message was lost): queue it again.
+LEFTOVER_AFTER = timedelta(minutes=10)
+LEFTOVER_BATCH = 500
 
 
 def backoff(retries: int) -> float:
@@ -71,3 +76,27 @@ def revoke_connection(self: Task, connection_id: str) -> str:
         refreshes.announce(rt.redis, connection_id)
     log.info("connection %s revoked, its tokens erased", connection_id)
     return "erased"
+
+
+def requeue_leftovers(rt: Runtime, now: datetime | None = None) -> int:
+    """Queue the revocation again for revoked connections that still hold tokens long
+    after they were revoked; return how many were queued."""
+    before = (now or utcnow()) - LEFTOVER_AFTER
+    with rt.db.session() as session:
+        ids = session.scalars(
+            select(Connection.id).where(Connection.status == "revoked", Connection.updated_at < before,
+                                        or_(Connection.access_token_enc.is_not(None),
+                                            Connection.refresh_token_enc.is_not(None)))
+            .limit(LEFTOVER_BATCH)).all()
+    for connection_id in ids:
+        rt.celery.send_task(REVOKE_CONNECTION, args=[connection_id], ignore_result=True)
+    return len(ids)
+
+
+@celery.task(name=REVOKE_LEFTOVERS, ignore_result=True)
+def revoke_leftovers() -> int:
+    """Beat's periodic look for revocations that never ran."""
+    queued = requeue_leftovers(runtime())
+    if queued:
+        log.warning("queued %d revocations again that had not run", queued)
+    return queued

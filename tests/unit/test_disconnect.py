@@ -145,3 +145,27 @@ def test_tokens_are_erased_only_from_a_revoked_connection_and_once(
     with memory_runtime.db.session() as session:
         erased = session.get(Connection, connection_id)
         assert (erased.access_token_enc, erased.refresh_token_enc, erased.status) == (None, None, "revoked")
+
+
+def test_revocations_that_never_ran_are_queued_again_after_a_while(
+        memory_runtime: Runtime, client: FlaskClient, celery: RecordingCelery) -> None:
+    from datetime import timedelta
+
+    from shared.models import utcnow
+    from worker.revoke import LEFTOVER_AFTER, requeue_leftovers
+
+    tenant = Tenant(client, memory_runtime, "acme")
+    _, lost = _connection(memory_runtime, tenant)
+    _, erased = _connection(memory_runtime, tenant)
+    _, active = _connection(memory_runtime, tenant)
+    with memory_runtime.db.session() as session:
+        mark_revoked(session, lost)
+        mark_revoked(session, erased)
+    with memory_runtime.db.session() as session:
+        erase_tokens(session, erased)
+    later = utcnow() + LEFTOVER_AFTER + timedelta(seconds=1)
+
+    assert requeue_leftovers(memory_runtime, now=utcnow()) == 0  # its task may still be running
+    assert requeue_leftovers(memory_runtime, now=later) == 1
+    assert [(s["name"], s["args"]) for s in celery.sent] == [(REVOKE_CONNECTION, [lost])]
+    assert active not in str(celery.sent)
