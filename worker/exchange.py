@@ -92,8 +92,9 @@ def _fail(rt: Runtime, attempt_id: str, error: str) -> None:
         finish_attempt(session, attempt_id, "failed", error=error)
 
 
-def _exchange(rt: Runtime, attempt_id: str, retries: int, retry_until: float) -> float | None:
-    """Take the code, post it, store the outcome; return when to try again (None: done)."""
+def _exchange(rt: Runtime, attempt_id: str, retries: int = 0, retry_until: float | None = None) -> float | None:
+    """Take the code, post it, store the outcome; return when to try again (None: done).
+    Without `retry_until` there is no window: a single try."""
     with rt.db.session() as session:
         attempt = session.get(ConnectAttempt, attempt_id)
         if attempt is None or attempt.status != "pending":
@@ -104,6 +105,12 @@ def _exchange(rt: Runtime, attempt_id: str, retries: int, retry_until: float) ->
         assert integration is not None
         client = oauth_client(rt, integration)
         use_pkce = integration.pkce
+        revoked = bool(connect_session.connection_id) and session.get(
+            Connection, connect_session.connection_id).status == "revoked"  # type: ignore[union-attr]
+    if revoked:
+        rt.codes.take(attempt_id)  # a disconnect is final: the code is never posted
+        _fail(rt, attempt_id, "connection_revoked")
+        return None
     taken = rt.codes.take(attempt_id)
     if taken is None:
         _fail(rt, attempt_id, "exchange_interrupted")
@@ -114,7 +121,7 @@ def _exchange(rt: Runtime, attempt_id: str, retries: int, retry_until: float) ->
                            code_verifier=verifier if use_pkce else None, timeout=rt.settings.http_timeout_seconds)
     except ProviderError as error:
         wait = backoff(retries)
-        if is_transient(error) and retries < MAX_TRIES - 1 and time.time() + wait < retry_until:
+        if is_transient(error) and retries < MAX_TRIES - 1 and time.time() + wait < (retry_until or 0):
             # Not answered: the code goes back for the next try (and a redelivery).
             rt.codes.put(attempt_id, code, verifier)
             log.warning("exchange for attempt %s failed (%s); trying again in %.1fs", attempt_id, error.error, wait)

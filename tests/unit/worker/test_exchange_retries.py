@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from shared.models import ConnectAttempt, ConnectSession, Integration, Tenant, new_id, utcnow
+from shared.models import ConnectAttempt, Connection, ConnectSession, Integration, Tenant, new_id, utcnow
 from shared.providers import ProviderError, TokenSet
 from shared.runtime import Runtime
 from worker import exchange
@@ -34,7 +34,7 @@ def posts(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
     yield posted, script  # type: ignore[misc]
 
 
-def _attempt(rt: Runtime) -> str:
+def _attempt(rt: Runtime, revoked_connection: bool = False) -> str:
     with rt.db.session() as session:
         tenant = Tenant(name="t", api_key_hash=new_id("hash"))
         session.add(tenant)
@@ -44,8 +44,14 @@ def _attempt(rt: Runtime) -> str:
                                   authorize_url="https://idp.example/a", token_url="https://idp.example/t")
         session.add(integration)
         session.flush()
+        connection = Connection(tenant_id=tenant.id, integration_id=integration.id, end_user_id="u", scopes=[],
+                                status="revoked")
+        if revoked_connection:
+            session.add(connection)
+            session.flush()
         connect_session = ConnectSession(tenant_id=tenant.id, integration_id=integration.id, end_user_id="u",
-                                         token_hash=new_id("h"), expires_at=utcnow())
+                                         token_hash=new_id("h"), expires_at=utcnow(),
+                                         connection_id=connection.id if revoked_connection else None)
         session.add(connect_session)
         session.flush()
         attempt = ConnectAttempt(session_id=connect_session.id)
@@ -125,3 +131,14 @@ def test_a_redelivery_after_a_crash_during_the_post_never_posts_the_code_again(
     assert exchange._exchange(memory_runtime, attempt_id, 0, time.time() + 15) is None  # the redelivery
     assert posted == [CODE]
     assert _status(memory_runtime, attempt_id) == ("failed", "exchange_interrupted")
+
+
+def test_a_reauthorization_of_a_revoked_connection_fails_without_posting_the_code(
+        memory_runtime: Runtime, posts: Any) -> None:
+    posted, script = posts
+    script.append(TOKENS)
+    attempt_id = _attempt(memory_runtime, revoked_connection=True)
+    assert exchange._exchange(memory_runtime, attempt_id, 0, time.time() + 15) is None
+    assert posted == []
+    assert _status(memory_runtime, attempt_id) == ("failed", "connection_revoked")
+    assert memory_runtime.codes.take(attempt_id) is None
