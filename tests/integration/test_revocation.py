@@ -27,6 +27,9 @@ def _erased(stack: Stack, connection_id: str) -> bool:
 def test_a_disconnect_revokes_both_tokens_at_the_provider_and_erases_them(stack: Stack) -> None:
     tenant = stack.tenant()
     client, connection_id = tenant.connected()
+    stranger = stack.tenant("stranger").call("DELETE", f"/connections/{connection_id}")
+    assert stranger.status_code == 404 and stranger.json()["error"]["code"] == "not_found"
+    assert stack.row(connection_id).status == "active"
     access_token = tenant.call("GET", f"/connections/{connection_id}/token").json()["access_token"]
     refresh_token = stack.runtime.cipher.decrypt(stack.row(connection_id).refresh_token_enc)
     assert stack.introspect(client, refresh_token)["active"] is True
