@@ -46,7 +46,12 @@ def revoke_at_provider(rt: Runtime, connection: Connection, integration: Integra
         if column is None:
             continue
         try:
-            post_revoke(client, integration.revoke_url, token=rt.cipher.decrypt(column), token_type_hint=hint,
+            token = rt.cipher.decrypt(column)
+        except ValueError:
+            log.warning("%s's %s is under no known key: it is erased without revocation", connection.id, hint)
+            continue
+        try:
+            post_revoke(client, integration.revoke_url, token=token, token_type_hint=hint,
                         timeout=rt.settings.http_timeout_seconds)
         except ProviderError as error:
             log.warning("revocation of %s's %s failed: %s", connection.id, hint, error.error)
