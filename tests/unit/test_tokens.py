@@ -59,6 +59,13 @@ def test_is_due(expires_in: int, lifetime: int, status: str, due: bool) -> None:
     assert is_due(connection, MARGIN, now) is due
 
 
+def test_no_refresh_starts_for_a_revoked_connection_not_even_a_forced_one() -> None:
+    revoked = Connection(status="revoked", expires_at=utcnow() - timedelta(seconds=1), lifetime_seconds=3600,
+                         refresh_token_enc="sealed")
+    assert not needs_refresh(revoked, None, MARGIN)
+    assert not needs_refresh(revoked, refresh_mark(revoked), MARGIN)
+
+
 def test_a_connection_without_a_refresh_token_waits_for_expiry_unless_forced() -> None:
     now = utcnow()
     soon = Connection(status="active", expires_at=now + timedelta(seconds=60), lifetime_seconds=3600,
