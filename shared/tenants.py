@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import redis
-from sqlalchemy import or_, select, update
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.crypto import Cipher, digest, new_secret
@@ -74,26 +74,29 @@ _ENCRYPTED_COLUMNS = (
 def rotate_keys(db: Database, cipher: Cipher, batch: int = ROTATE_BATCH) -> int:
     """Re-encrypt every stored secret under the newest key; return how many values changed.
 
-    Rows are read in keyset pages by id and each page is written and committed on its
-    own, so no row stays locked for longer than one small batch. Each write is
-    conditional on the ciphertext it read, so a refresh that lands meanwhile is never
-    overwritten with the older token. Values under the newest key already are skipped,
-    so running it again is cheap and prints 0."""
+    Rows are read in keyset pages by id; a page's new values are computed before its
+    write transaction opens, and each page is written in one statement and committed
+    on its own, so no row stays locked for longer than one small batch's write. Each
+    write is conditional on the ciphertext it read, so a refresh that lands meanwhile
+    is never overwritten with the older token. Values under the newest key already
+    are skipped, so running it again is cheap and prints 0."""
     count = 0
     for model, columns in _ENCRYPTED_COLUMNS:
+        table = model.__table__
         for column_name in columns:
-            column = getattr(model, column_name)
+            column = table.c[column_name]
+            write = (update(table).where(table.c.id == bindparam("row_id"), column == bindparam("old"))
+                     .values({column_name: bindparam("new")}))
             after = ""
             while True:
                 with db.session() as session:
-                    rows = session.execute(select(model.id, column).where(column.is_not(None), model.id > after)
-                                           .order_by(model.id).limit(batch)).all()
-                    for row_id, old in rows:
-                        if cipher.is_newest(old):
-                            continue
-                        result = session.execute(update(model).where(model.id == row_id, column == old)
-                                                 .values({column_name: cipher.rotate(old)}))
-                        count += result.rowcount
+                    rows = session.execute(select(table.c.id, column).where(column.is_not(None), table.c.id > after)
+                                           .order_by(table.c.id).limit(batch)).all()
+                changes = [{"row_id": row_id, "old": old, "new": cipher.rotate(old)}
+                           for row_id, old in rows if not cipher.is_newest(old)]
+                if changes:
+                    with db.session() as session:
+                        count += session.execute(write, changes).rowcount
                 if len(rows) < batch:
                     break
                 after = rows[-1][0]
