@@ -57,18 +57,24 @@ def test_rotation_commits_in_small_batches_and_a_second_run_changes_nothing(rt: 
 def test_a_token_written_during_the_rotation_is_never_overwritten_with_the_older_one(
         rt: Runtime, old_key: str, monkeypatch: pytest.MonkeyPatch) -> None:
     [connection_id] = _with_tokens(rt, 1)
+    with rt.db.session() as session:
+        read_by_rotation = session.get(Connection, connection_id).access_token_enc
     rotating = Cipher([new_fernet_key(), old_key])
     refreshed = rotating.encrypt("access-after-a-refresh")
     rotate = rotating.rotate
+    raced: list[str] = []
 
     def refresh_lands_first(ciphertext: str) -> str:
-        # A worker's refresh commits between the rotation's read and its write.
-        with rt.db.session() as session:
-            session.get(Connection, connection_id).access_token_enc = refreshed
+        # A worker's refresh commits between the rotation's read of the access token and its write.
+        if ciphertext == read_by_rotation:
+            with rt.db.session() as session:
+                session.get(Connection, connection_id).access_token_enc = refreshed
+            raced.append(ciphertext)
         return rotate(ciphertext)
 
     monkeypatch.setattr(rotating, "rotate", refresh_lands_first)
-    rotate_keys(rt.db, rotating)
+    assert rotate_keys(rt.db, rotating) == 2  # the refresh token and the client secret; not the access token
+    assert raced == [read_by_rotation]
     with rt.db.session() as session:
         assert session.get(Connection, connection_id).access_token_enc == refreshed
 
