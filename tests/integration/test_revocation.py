@@ -137,9 +137,47 @@ def test_a_second_delete_answers_202_and_changes_nothing(interactive_only: Stack
     assert tenant.events(connection_id) == ["created", "revoked"]
     assert _queued(stack, DEFAULT_QUEUE, REVOKE_CONNECTION) == [[connection_id]]
 
-    stack.start_worker("default", queues=DEFAULT_QUEUE)
-    wait_for(lambda: _erased(stack, connection_id), timeout=30, what="the tokens to be erased")
+    default = stack.start_worker("default", queues=DEFAULT_QUEUE)
+    try:
+        wait_for(lambda: _erased(stack, connection_id), timeout=30, what="the tokens to be erased")
+    finally:
+        default.stop()  # revocations wait in the queue again for the next test
     assert stack.sandbox_stats(client["client_id"])["revocations"] == 2
+
+
+def test_a_refresh_in_flight_at_the_delete_is_fenced_off_and_its_answer_dropped(interactive_only: Stack) -> None:
+    stack = interactive_only
+    tenant = stack.tenant()
+    client, connection_id = tenant.connected()
+    stored = stack.row(connection_id)
+    access_token = stack.runtime.cipher.decrypt(stored.access_token_enc)
+    stack.knobs(client["client_id"], latency_ms=3000)  # the provider holds the refresh 3 s
+
+    with ThreadPoolExecutor(1) as pool:
+        forced = pool.submit(tenant.call, "POST", f"/connections/{connection_id}/refresh")
+        wait_for(lambda: stack.provider_refreshes(client["client_id"]) == 1, timeout=20,
+                 what="the refresh to reach the provider")
+        assert tenant.call("DELETE", f"/connections/{connection_id}").status_code == 202
+        answer = forced.result()
+    assert answer.status_code == 409 and answer.json()["error"]["code"] == "revoked"
+    wait_for(lambda: stack.sandbox_stats(client["client_id"])["refresh_success"] == 1, timeout=20,
+             what="the provider to answer the refresh")
+    worker = next(p for p in stack.processes if p.name == "interactive")
+    wait_for(lambda: "lost its lock" in worker.output(), timeout=20, what="the refresh to drop its answer")
+
+    row = stack.row(connection_id)
+    assert row.status == "revoked" and row.version == stored.version + 1  # only the DELETE wrote
+    assert row.access_token_enc == stored.access_token_enc  # the refreshed token was never stored
+    assert tenant.events(connection_id) == ["created", "revoked"]
+
+    default = stack.start_worker("default", queues=DEFAULT_QUEUE)
+    try:
+        wait_for(lambda: _erased(stack, connection_id), timeout=30, what="the tokens to be erased")
+    finally:
+        default.stop()
+    # Revoking the spent refresh token took its grant, and the tokens the dropped refresh got, with it.
+    assert stack.introspect(client, access_token) == {"active": False}
+    assert stack.sandbox_stats(client["client_id"])["grants_revoked"] == 1
 
 
 def test_no_token_is_answered_after_the_delete_was(stack: Stack) -> None:
