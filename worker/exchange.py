@@ -122,7 +122,7 @@ def _exchange(rt: Runtime, attempt_id: str, retries: int = 0, retry_until: float
     except ProviderError as error:
         wait = backoff(retries)
         if is_transient(error) and retries < MAX_TRIES - 1 and time.time() + wait < (retry_until or 0):
-            # Not answered: the code goes back for the next try (and a redelivery).
+            # A transient failure did not spend the code: it goes back for the next try.
             rt.codes.put(attempt_id, code, verifier)
             log.warning("exchange for attempt %s failed (%s); trying again in %.1fs", attempt_id, error.error, wait)
             return wait
