@@ -7,8 +7,9 @@ from typing import Any
 from celery.signals import worker_process_init
 
 from shared.config import get_settings
-from shared.queue import PRUNE_HISTORY, REVOKE_LEFTOVERS, SWEEP_DUE, build_celery
+from shared.queue import PRUNE_HISTORY, REQUEUE_WEBHOOKS, REVOKE_LEFTOVERS, SWEEP_DUE, WEBHOOK_QUEUE, build_celery
 from shared.runtime import Runtime, build_runtime
+from shared.webhooks import REQUEUE_SECONDS
 
 BEAT_LOCK_SECONDS = 30
 REVOKE_LEFTOVERS_SECONDS = 300.0
@@ -16,7 +17,8 @@ REVOKE_LEFTOVERS_SECONDS = 300.0
 settings = get_settings()
 celery = build_celery(settings, name="worker")
 celery.conf.update(
-    imports=("worker.exchange", "worker.refresh", "worker.retention", "worker.revoke", "worker.sweep"),
+    imports=("worker.exchange", "worker.refresh", "worker.retention", "worker.revoke", "worker.sweep",
+             "worker.webhooks"),
     # Tasks spend their time waiting on providers and the database: threads
     # give many concurrent calls per process at little memory.
     worker_pool="threads",
@@ -37,6 +39,12 @@ celery.conf.update(
             "task": PRUNE_HISTORY,
             "schedule": float(settings.retention_sweep_seconds),
             "options": {"expires": float(settings.retention_sweep_seconds)},
+        },
+        # Webhook retries whose time has come, and deliveries a crash kept from the queue.
+        "requeue-webhooks": {
+            "task": REQUEUE_WEBHOOKS,
+            "schedule": float(REQUEUE_SECONDS),
+            "options": {"expires": float(REQUEUE_SECONDS), "queue": WEBHOOK_QUEUE},
         },
     },
     # RedBeat keeps the schedule in Redis behind a lock, so of any number of beat

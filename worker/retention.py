@@ -1,6 +1,7 @@
-"""The retention beat task: history older than RETENTION_DAYS is pruned in small
-batches, each committed on its own, so no table grows forever under constant
-refreshing and no prune holds locks for long."""
+"""The retention beat task: history older than RETENTION_DAYS (events, ended webhook
+deliveries, connect sessions and attempts) is pruned in small batches, each committed
+on its own, so no table grows forever under constant refreshing and no prune holds
+locks for long."""
 from __future__ import annotations
 
 import logging
@@ -10,7 +11,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, Table, and_, delete, exists, select
 
-from shared.models import ConnectAttempt, ConnectSession, Event, utcnow
+from shared.models import ConnectAttempt, ConnectSession, Event, WebhookDelivery, utcnow
 from shared.queue import PRUNE_HISTORY
 from shared.runtime import Runtime
 from worker.app import celery, runtime
@@ -22,6 +23,7 @@ PRUNE_BATCH = 500
 _events: Table = Event.__table__  # type: ignore[assignment]
 _attempts: Table = ConnectAttempt.__table__  # type: ignore[assignment]
 _sessions: Table = ConnectSession.__table__  # type: ignore[assignment]
+_deliveries: Table = WebhookDelivery.__table__  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -32,11 +34,14 @@ class Prunable:
     old: Callable[[datetime], ColumnElement[bool]]
 
 
-# In the order they are pruned: a row goes before the rows it references. Delivered
-# webhook deliveries belong first (they reference events), and events that still
-# have a delivery outstanding must then be kept.
+# In the order they are pruned: a row goes before the rows it references.
 PRUNABLES = (
-    Prunable(_events, lambda cutoff: _events.c.created_at < cutoff),
+    # A delivery has ended once it has no next attempt (delivered, or given up).
+    Prunable(_deliveries, lambda cutoff: and_(_deliveries.c.created_at < cutoff,
+                                              _deliveries.c.next_attempt_at.is_(None))),
+    # An event whose delivery is still being tried stays until that delivery ends.
+    Prunable(_events, lambda cutoff: and_(_events.c.created_at < cutoff,
+                                          ~exists().where(_deliveries.c.event_id == _events.c.id))),
     Prunable(_attempts, lambda cutoff: _attempts.c.created_at < cutoff),
     # A session ended long ago; it goes once no attempt refers to it any more.
     Prunable(_sessions, lambda cutoff: and_(_sessions.c.expires_at < cutoff,

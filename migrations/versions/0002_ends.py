@@ -1,13 +1,13 @@
 """indexes for the retention task's pruning by age
 
 Revision ID: ends
-Revises: 0001
+Revises: hooks
 Create Date: 2026-11-28
 """
 from alembic import op
 
 revision = 'ends'
-down_revision = '0001'
+down_revision = 'hooks'
 branch_labels = None
 depends_on = None
 
@@ -17,10 +17,12 @@ def upgrade() -> None:
     op.create_index('ix_events_created_at', 'events', ['created_at'], unique=False)
     op.create_index('ix_connect_sessions_expires_at', 'connect_sessions', ['expires_at'], unique=False)
     op.create_index('ix_connect_attempts_created_at', 'connect_attempts', ['created_at'], unique=False)
+    op.create_index('ix_webhook_deliveries_created_at', 'webhook_deliveries', ['created_at'], unique=False)
 
 
 def downgrade() -> None:
     """Drop them."""
+    op.drop_index('ix_webhook_deliveries_created_at', table_name='webhook_deliveries')
     op.drop_index('ix_connect_attempts_created_at', table_name='connect_attempts')
     op.drop_index('ix_connect_sessions_expires_at', table_name='connect_sessions')
     op.drop_index('ix_events_created_at', table_name='events')

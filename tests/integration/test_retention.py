@@ -13,7 +13,17 @@ from sqlalchemy import select
 from shared import migrate
 from shared.crypto import Cipher
 from shared.db import Database
-from shared.models import ConnectAttempt, Connection, ConnectSession, Event, Integration, Tenant, new_id, utcnow
+from shared.models import (
+    ConnectAttempt,
+    Connection,
+    ConnectSession,
+    Event,
+    Integration,
+    Tenant,
+    WebhookDelivery,
+    new_id,
+    utcnow,
+)
 from shared.runtime import Runtime
 from tests.conftest import make_settings
 from worker.retention import prune
@@ -79,13 +89,31 @@ def test_old_history_is_pruned_in_batches_and_recent_history_stays(rt: Runtime) 
                           for _ in range(7)],
                   "recent": [Event(connection_id=connection.id, tenant_id=tenant.id, type="refreshed",
                                    created_at=recent) for _ in range(3)]}
-        session.add_all(events["old"] + events["recent"])
+        # An old event whose delivery is still being retried, one whose delivery was given up.
+        retried, given_up = (Event(connection_id=connection.id, tenant_id=tenant.id, type="revoked", created_at=old)
+                             for _ in "12")
+        session.add_all(events["old"] + events["recent"] + [retried, given_up])
+        session.flush()
+
+        def delivery(event: Event, created_at: object, **fields: object) -> WebhookDelivery:
+            return WebhookDelivery(tenant_id=tenant.id, event_id=event.id, type="connection.revoked", body="{}",
+                                   created_at=created_at, **fields)
+
+        deliveries = {
+            "old": [delivery(event, old, delivered_at=old) for event in events["old"][:3]] +
+                   [delivery(given_up, old, attempts=10)],
+            "recent": [delivery(events["recent"][0], recent, delivered_at=recent),
+                       delivery(retried, old, next_attempt_at=now)],
+        }
+        session.add_all(deliveries["old"] + deliveries["recent"])
 
     counts = prune(rt, now=now, batch=2)
 
-    assert counts == {"events": 7, "connect_attempts": 5, "connect_sessions": 5}
-    assert _ids(rt, Event) == {event.id for event in events["recent"]}
+    assert counts == {"webhook_deliveries": 4, "events": 8, "connect_attempts": 5, "connect_sessions": 5}
+    assert _ids(rt, WebhookDelivery) == {d.id for d in deliveries["recent"]}
+    assert _ids(rt, Event) == {event.id for event in events["recent"]} | {retried.id}
     assert _ids(rt, ConnectAttempt) == {attempt.id for attempt in attempts["recent"]}
     assert _ids(rt, ConnectSession) == {ended_lately.id, still_referenced.id}
     assert _ids(rt, Connection) == {connection.id}  # connections are never pruned
-    assert prune(rt, now=now, batch=2) == {"events": 0, "connect_attempts": 0, "connect_sessions": 0}
+    assert prune(rt, now=now, batch=2) == {"webhook_deliveries": 0, "events": 0, "connect_attempts": 0,
+                                           "connect_sessions": 0}
