@@ -80,12 +80,22 @@ def refusing_provider() -> Iterator[str]:
     server.shutdown()
 
 
+@pytest.fixture(scope="module")
+def private_stack(stack_factory: Callable[..., Stack]) -> Iterator[Stack]:
+    """A system whose integrations may name loopback URLs (the refusing provider's)."""
+    yield stack_factory(workers=1, ALLOW_PRIVATE_PROVIDER_URLS="1")
+
+
 def test_a_provider_that_fails_every_revocation_still_ends_with_the_tokens_erased(
-        stack: Stack, refusing_provider: str) -> None:
+        private_stack: Stack, refusing_provider: str) -> None:
     from worker.revoke import MAX_TRIES
 
+    stack = private_stack
     tenant = stack.tenant()
-    _, connection_id = tenant.connected(revoke_url=refusing_provider)
+    # A generic OAuth 2 integration: the sandbox's endpoints, the refusing revocation endpoint.
+    sandbox = f"{stack.base_url}/sandbox/oauth"
+    _, connection_id = tenant.connected(provider="oauth2", authorize_url=f"{sandbox}/authorize",
+                                        token_url=f"{sandbox}/token", revoke_url=refusing_provider)
     refresh_token = stack.runtime.cipher.decrypt(stack.row(connection_id).refresh_token_enc)
     access_token = stack.runtime.cipher.decrypt(stack.row(connection_id).access_token_enc)
 
