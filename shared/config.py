@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     # Celery: a task's hard time limit, and the Redis visibility timeout that must
     # stay above it, or a slow task would be handed to a second worker.
     task_time_limit_seconds: int = Field(default=120, ge=5)
+    # How long events, delivered webhook deliveries and ended connect sessions and
+    # attempts are kept; a beat task prunes older ones.
+    retention_days: int = Field(default=30, ge=1)
+    # How often beat runs that pruning.
+    retention_sweep_seconds: int = Field(default=3600, ge=1)
     broker_visibility_timeout_seconds: int = Field(default=3600, ge=10)
     # One JSON object per log line for collectors; plain text in `make dev`.
     log_format: Literal["json", "text"] = "json"

@@ -14,7 +14,9 @@ class Cipher:
     def __init__(self, keys: list[str]) -> None:
         if not keys:
             raise ValueError("at least one encryption key is needed")
-        self._fernet = MultiFernet([Fernet(k.encode()) for k in keys])
+        fernets = [Fernet(k.encode()) for k in keys]
+        self._newest = fernets[0]
+        self._fernet = MultiFernet(fernets)
 
     def encrypt(self, plaintext: str) -> str:
         """Encrypt text under the newest key."""
@@ -26,6 +28,14 @@ class Cipher:
             return self._fernet.decrypt(ciphertext.encode()).decode()
         except InvalidToken as error:
             raise ValueError("ciphertext was not written under any known key") from error
+
+    def is_newest(self, ciphertext: str) -> bool:
+        """Whether a value is written under the newest key already (rotation skips it)."""
+        try:
+            self._newest.decrypt(ciphertext.encode())
+        except InvalidToken:
+            return False
+        return True
 
     def rotate(self, ciphertext: str) -> str:
         """Re-encrypt under the newest key."""

@@ -85,6 +85,7 @@ class ConnectSession(Base):
     """A single-use link a tenant hands to one end user."""
 
     __tablename__ = "connect_sessions"
+    __table_args__ = (Index("ix_connect_sessions_expires_at", "expires_at"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("cs"))
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
@@ -102,6 +103,7 @@ class ConnectAttempt(Base):
     """One browser's trip through the provider and back."""
 
     __tablename__ = "connect_attempts"
+    __table_args__ = (Index("ix_connect_attempts_created_at", "created_at"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("att"))
     session_id: Mapped[str] = mapped_column(ForeignKey("connect_sessions.id"), index=True)
@@ -147,7 +149,8 @@ class Event(Base):
     """A connection's history, in order."""
 
     __tablename__ = "events"
-    __table_args__ = (Index("ix_events_connection_created", "connection_id", "created_at"),)
+    __table_args__ = (Index("ix_events_connection_created", "connection_id", "created_at"),
+                      Index("ix_events_created_at", "created_at"))
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("evt"))
     connection_id: Mapped[str] = mapped_column(ForeignKey("connections.id"))
@@ -168,6 +171,7 @@ class WebhookDelivery(Base):
         Index("ix_webhook_deliveries_due", "next_attempt_at"),
         Index("ix_webhook_deliveries_tenant_due", "tenant_id", "next_attempt_at"),
         Index("ix_webhook_deliveries_tenant_created", "tenant_id", "created_at", "id"),
+        Index("ix_webhook_deliveries_created_at", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("whd"))

@@ -134,6 +134,17 @@ class Failure(str, Enum):
 REAUTH_ERRORS = frozenset({"invalid_grant", "unauthorized_client"})
 
 
+TRANSIENT_ERRORS = frozenset({"timeout", "connection_error"})
+
+
+def is_transient(error: ProviderError) -> bool:
+    """Whether a one-shot call (a code exchange, a revocation) may be tried again: a
+    5xx, a timeout or a connection that failed; never any 4xx."""
+    if error.status is None:
+        return error.error in TRANSIENT_ERRORS
+    return error.status >= 500
+
+
 def classify(error: ProviderError) -> Failure:
     """The failure class of a provider error."""
     if error.error in REAUTH_ERRORS:

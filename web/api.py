@@ -8,15 +8,18 @@ from typing import Any, TypeVar
 
 from flask import Blueprint, Response, g, jsonify, request
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import select, tuple_
+from sqlalchemy import Select, select, tuple_
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
 
+from shared import refreshes
 from shared.crypto import digest, new_secret
 from shared.egress import ForbiddenAddress, validate_url
 from shared.integrations import egress_rules
 from shared.models import Connection, ConnectSession, Event, Integration, utcnow
 from shared.providers import default_urls
+from shared.queue import REVOKE_CONNECTION
+from shared.revocations import mark_revoked
 from web import runtime
 from web.auth import authenticate
 from web.errors import ApiError, not_found
@@ -154,6 +157,8 @@ def create_connect_session() -> tuple[Response, int]:
             connection = _owned(session, Connection, body.connection_id, "connection")
             if connection.integration_id != body.integration_id:
                 raise ApiError(409, "integration_mismatch", "the connection belongs to another integration")
+            if connection.status == "revoked":
+                raise ApiError(409, "revoked", "the connection is revoked; connect a new one instead")
         connect_session = ConnectSession(
             tenant_id=g.tenant_id,
             integration_id=body.integration_id,
@@ -171,8 +176,9 @@ def create_connect_session() -> tuple[Response, int]:
     }), 201
 
 
-def _cursor(connection: Connection) -> str:
-    raw = json.dumps([connection.created_at.isoformat(), connection.id]).encode()
+def _cursor(row: Connection | Event) -> str:
+    """The opaque position after a row, in (created_at, id) order."""
+    raw = json.dumps([row.created_at.isoformat(), row.id]).encode()
     return base64.urlsafe_b64encode(raw).decode()
 
 
@@ -187,14 +193,28 @@ def _after(cursor: str) -> tuple[datetime, str]:
         raise ApiError(400, "invalid_cursor", "the cursor is not one this API returned") from None
 
 
+def _limit() -> int:
+    try:
+        return min(max(int(request.args.get("limit", 50)), 1), 200)
+    except ValueError:
+        raise ApiError(400, "invalid_limit", "limit must be a whole number") from None
+
+
+def _page(session: Session, model: type[Connection] | type[Event], query: Select[Any]) -> tuple[list[Any], str | None]:
+    """One page of a query in (created_at, id) order, from the `cursor` argument on,
+    with the cursor of the next page (None on the last)."""
+    limit = _limit()
+    if request.args.get("cursor"):
+        query = query.where(tuple_(model.created_at, model.id) > _after(request.args["cursor"]))
+    rows = session.scalars(query.order_by(model.created_at, model.id).limit(limit + 1)).all()
+    page = list(rows[:limit])
+    return page, _cursor(page[-1]) if len(rows) > limit else None
+
+
 @bp.get("/connections")
 def list_connections() -> Response:
     """The tenant's connections, filtered, in pages."""
     args = request.args
-    try:
-        limit = min(max(int(args.get("limit", 50)), 1), 200)
-    except ValueError:
-        raise ApiError(400, "invalid_limit", "limit must be a whole number") from None
     status = args.get("status")
     if status and status not in CONNECTION_STATUSES:
         raise ApiError(400, "invalid_status", f"status must be one of {', '.join(CONNECTION_STATUSES)}")
@@ -202,13 +222,8 @@ def list_connections() -> Response:
     for name in ("end_user_id", "integration_id", "status"):
         if args.get(name):
             query = query.where(getattr(Connection, name) == args[name])
-    if args.get("cursor"):
-        query = query.where(tuple_(Connection.created_at, Connection.id) > _after(args["cursor"]))
-    query = query.order_by(Connection.created_at, Connection.id).limit(limit + 1)
     with runtime().db.session() as session:
-        rows = session.scalars(query).all()
-    page = rows[:limit]
-    next_cursor = _cursor(page[-1]) if len(rows) > limit else None
+        page, next_cursor = _page(session, Connection, query)
     return jsonify({"data": [connection_json(row) for row in page], "next_cursor": next_cursor})
 
 
@@ -221,13 +236,28 @@ def get_connection(connection_id: str) -> Response:
 
 @bp.get("/connections/<connection_id>/events")
 def connection_events(connection_id: str) -> Response:
-    """The connection's history."""
+    """The connection's history, oldest first, in pages."""
     with runtime().db.session() as session:
         _owned(session, Connection, connection_id, "connection")
-        events = session.scalars(
-            select(Event).where(Event.connection_id == connection_id).order_by(Event.created_at, Event.id)
-        ).all()
-        return jsonify({"data": [event_json(event) for event in events]})
+        page, next_cursor = _page(session, Event, select(Event).where(Event.connection_id == connection_id))
+    return jsonify({"data": [event_json(event) for event in page], "next_cursor": next_cursor})
+
+
+@bp.delete("/connections/<connection_id>")
+def delete_connection(connection_id: str) -> tuple[Response, int]:
+    """Disconnect: `revoked` at once (no token is served after the 202); a worker then
+    revokes the tokens at the provider and erases them. A second call changes nothing."""
+    rt = runtime()
+    with rt.db.session() as session:
+        _owned(session, Connection, connection_id, "connection")
+        changed = mark_revoked(session, connection_id)
+        connection = session.get(Connection, connection_id, populate_existing=True)
+    if changed:
+        # Announced after the commit, before the 202: every web process drops what it
+        # knew of the connection, and waiters on a refresh wake to find it revoked.
+        refreshes.announce(rt.redis, connection_id)
+        rt.celery.send_task(REVOKE_CONNECTION, args=[connection_id], ignore_result=True)
+    return jsonify(connection_json(connection)), 202
 
 
 def _token_response(connection_id: str, force: bool) -> Response:

@@ -1,4 +1,4 @@
-"""Flask CLI: `db upgrade`, `tenants create NAME`, `keys rotate`, `connections call`."""
+"""Flask CLI: `db upgrade`, `tenants create|rotate-key|list`, `keys rotate`, `connections call`."""
 from __future__ import annotations
 
 import json
@@ -7,10 +7,13 @@ from typing import Any
 import click
 from flask import Flask
 from flask.cli import AppGroup
+from sqlalchemy import select
 
 from shared import migrate
-from shared.tenants import create_tenant, rotate_keys
+from shared.models import Tenant
+from shared.tenants import TenantNotFound, announce_key_change, create_tenant, find_tenant, rotate_api_key, rotate_keys
 from web import runtime
+from web.serializers import iso
 
 db_cli = AppGroup("db", help="Database schema.")
 tenants_cli = AppGroup("tenants", help="Tenants and their API keys.")
@@ -35,13 +38,36 @@ def tenants_create(name: str) -> None:
         click.echo(json.dumps({"id": tenant.id, "name": tenant.name, "api_key": api_key}))
 
 
-@keys_cli.command("rotate")
-def keys_rotate() -> None:
-    """Re-encrypt every stored secret under the newest key and print the count."""
+@tenants_cli.command("rotate-key")
+@click.argument("name")
+def tenants_rotate_key(name: str) -> None:
+    """Give a tenant (by name, or id) a new API key and print it; the old key stops working at once."""
     rt = runtime()
     with rt.db.session() as session:
-        count = rotate_keys(session, rt.cipher)
-    click.echo(json.dumps({"reencrypted": count}))
+        try:
+            tenant = find_tenant(session, name)
+        except TenantNotFound as error:
+            raise click.ClickException(str(error)) from None
+        api_key = rotate_api_key(session, tenant)
+        printed = {"id": tenant.id, "name": tenant.name, "api_key": api_key}
+    announce_key_change(rt.redis, tenant.id)  # after the commit, so no process reloads the old key
+    click.echo(json.dumps(printed))
+
+
+@tenants_cli.command("list")
+def tenants_list() -> None:
+    """Print one JSON object per tenant, oldest first (never a key, nor its hash)."""
+    with runtime().db.session() as session:
+        for tenant in session.scalars(select(Tenant).order_by(Tenant.created_at, Tenant.id)):
+            click.echo(json.dumps({"id": tenant.id, "name": tenant.name, "webhook_url": tenant.webhook_url,
+                                   "created_at": iso(tenant.created_at)}))
+
+
+@keys_cli.command("rotate")
+def keys_rotate() -> None:
+    """Re-encrypt every stored secret under the newest key, in small committed batches, and print the count."""
+    rt = runtime()
+    click.echo(json.dumps({"reencrypted": rotate_keys(rt.db, rt.cipher)}))
 
 
 @connections_cli.command("call")

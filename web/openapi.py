@@ -74,7 +74,7 @@ SCHEMAS: dict[str, Schema] = {
                       "error": _nullable(STRING), "created_at": TIME}),
     "IntegrationList": _list_of("Integration"),
     "ConnectionPage": _list_of("Connection", next_cursor=_nullable(STRING)),
-    "EventList": _list_of("Event"),
+    "EventPage": _list_of("Event", next_cursor=_nullable(STRING)),
     "AttemptStatus": _object({"status": {"type": "string", "enum": ["pending", "succeeded", "failed"]}},
                              {"connection_id": STRING, "error": STRING}),
     "Webhook": _object({"url": _nullable(URI)}),
@@ -163,6 +163,9 @@ def _api(operation_id: str, tag: str, responses: dict[str, Schema], **more: Any)
 
 def _paths(integration_in: Schema, connect_session_in: Schema, webhook_in: Schema) -> dict[str, Schema]:
     integration_id, connection_id = _path_param("integration_id"), _path_param("connection_id")
+    paging = [_query("limit", {"type": "integer", "default": 50, "minimum": 1, "maximum": 200},
+                     "page size; values outside 1..200 are clamped"),
+              _query("cursor", STRING, "the next_cursor of the previous page")]
     token_answers = {"200": _ok("The access token", _ref("Token"), JSON, **{"Cache-Control": NO_STORE}),
                      **_use("Unauthorized", "NotFound", "NotUsable", "RefreshPending")}
     return {
@@ -185,7 +188,8 @@ def _paths(integration_in: Schema, connect_session_in: Schema, webhook_in: Schem
             "post": _api("createConnectSession", "connect", {
                 "201": _ok("A single-use connect link", _ref("ConnectSession")),
                 **_use("InvalidJson", "Unauthorized", "NotFound", "TooLarge", "InvalidFields"),
-                "409": _error("connection_id belongs to another integration", "integration_mismatch"),
+                "409": _error("connection_id belongs to another integration, or is revoked",
+                              "integration_mismatch", "revoked"),
             }, requestBody={"required": True, "content": _content(connect_session_in)}),
         },
         "/api/v1/connections": {
@@ -193,15 +197,17 @@ def _paths(integration_in: Schema, connect_session_in: Schema, webhook_in: Schem
                 "200": _ok("A page of connections, oldest first", _ref("ConnectionPage")),
                 "400": _error("A bad query parameter", "invalid_cursor", "invalid_limit", "invalid_status"),
                 **_use("Unauthorized"),
-            }, parameters=[_query("end_user_id"), _query("integration_id"), _query("status", STATUS),
-                           _query("limit", {"type": "integer", "default": 50, "minimum": 1, "maximum": 200},
-                                  "page size; values outside 1..200 are clamped"),
-                           _query("cursor", STRING, "the next_cursor of the previous page")]),
+            }, parameters=[_query("end_user_id"), _query("integration_id"), _query("status", STATUS), *paging]),
         },
         "/api/v1/connections/{connection_id}": {
             "parameters": [connection_id],
             "get": _api("getConnection", "connections", {
                 "200": _ok("The connection (no token)", _ref("Connection")), **_use("Unauthorized", "NotFound")}),
+            "delete": _api("deleteConnection", "connections", {
+                "202": _ok("The connection, now revoked (a second call changes nothing)", _ref("Connection")),
+                **_use("Unauthorized", "NotFound"),
+            }, description="No token is served after the 202. A worker then revokes the tokens at the provider "
+                           "(RFC 7009, where revoke_url is known) and erases them, whatever the provider says."),
         },
         "/api/v1/connections/{connection_id}/token": {
             "parameters": [connection_id],
@@ -216,9 +222,10 @@ def _paths(integration_in: Schema, connect_session_in: Schema, webhook_in: Schem
         "/api/v1/connections/{connection_id}/events": {
             "parameters": [connection_id],
             "get": _api("listConnectionEvents", "connections", {
-                "200": _ok("The connection's history, oldest first", _ref("EventList")),
+                "200": _ok("A page of the connection's history, oldest first", _ref("EventPage")),
+                "400": _error("A bad query parameter", "invalid_cursor", "invalid_limit"),
                 **_use("Unauthorized", "NotFound"),
-            }),
+            }, parameters=paging),
         },
         "/api/v1/webhook": {
             "put": _api("putWebhook", "webhooks", {

@@ -12,12 +12,14 @@ from celery import Celery
 from celery.signals import worker_process_init
 
 from shared.config import get_settings
-from shared.queue import REQUEUE_WEBHOOKS, SWEEP_DUE, WEBHOOK_QUEUE, celery_config
+from shared.queue import PRUNE_HISTORY, REQUEUE_WEBHOOKS, REVOKE_LEFTOVERS, SWEEP_DUE, WEBHOOK_QUEUE, celery_config
 from shared.runtime import Runtime, build_runtime
 from shared.webhooks import REQUEUE_SECONDS
 
 BEAT_LOCK_SECONDS = 30
-TASK_MODULES = ("worker.exchange", "worker.refresh", "worker.batch", "worker.sweep", "worker.webhooks")
+REVOKE_LEFTOVERS_SECONDS = 300.0
+TASK_MODULES = ("worker.exchange", "worker.refresh", "worker.batch", "worker.sweep", "worker.webhooks",
+                "worker.revoke", "worker.retention")
 
 
 def worker_config() -> dict[str, Any]:
@@ -36,6 +38,18 @@ def worker_config() -> dict[str, Any]:
                 "schedule": float(settings.refresh_sweep_seconds),
                 # A sweep nobody ran in time is dropped: the next one covers it.
                 "options": {"expires": float(settings.refresh_sweep_seconds)},
+            },
+            # Revocations whose task never ran (a crash after the DELETE's commit).
+            "revoke-leftovers": {
+                "task": REVOKE_LEFTOVERS,
+                "schedule": REVOKE_LEFTOVERS_SECONDS,
+                "options": {"expires": REVOKE_LEFTOVERS_SECONDS},
+            },
+            # Old history, delivered webhooks and ended connect sessions, in small batches.
+            "prune-history": {
+                "task": PRUNE_HISTORY,
+                "schedule": float(settings.retention_sweep_seconds),
+                "options": {"expires": float(settings.retention_sweep_seconds)},
             },
             # Webhook retries whose time has come, and deliveries a crash kept from the queue.
             "requeue-webhooks": {

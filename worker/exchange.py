@@ -1,7 +1,15 @@
-"""`exchange_code`: trade an attempt's authorization code for tokens, once."""
+"""`exchange_code`: trade an attempt's authorization code for tokens.
+
+A code is single-use, so it is posted again only after a transient failure (a 5xx,
+a timeout, a refused connection), a few times within EXCHANGE_WINDOW_SECONDS, and
+never after a definitive answer. The code is taken from Redis atomically before each
+post and put back only after a transient failure, so a task redelivered after a
+crash in the middle of a post finds nothing and never posts a code twice unknowingly."""
 from __future__ import annotations
 
 import logging
+import random
+import time
 
 from sqlalchemy.orm import Session
 
@@ -12,12 +20,24 @@ from shared.providers import ProviderError, TokenSet
 from shared.providers import exchange_code as post_code
 from shared.queue import EXCHANGE_CODE
 from shared.runtime import Runtime
-from shared.tokens import fenced_update, record_event, token_values
+from shared.tokens import fenced_update, is_transient, record_event, token_values
 from worker.app import celery
 from worker.task import KeeperTask
 
 log = logging.getLogger(__name__)
 REAUTH_WRITE_ATTEMPTS = 5
+# Codes live about a minute at most providers; the end user waits on the status page.
+EXCHANGE_WINDOW_SECONDS = 15.0
+MAX_TRIES = 4
+
+
+class ConnectionRevoked(Exception):
+    """The connection a re-authorization names was disconnected meanwhile."""
+
+
+def backoff(retries: int) -> float:
+    """About 0.5 s, 1 s, 2 s … with jitter: short, the code and the end user are waiting."""
+    return 0.5 * 2.0**retries * random.uniform(0.8, 1.2)
 
 
 def _store(rt: Runtime, session: Session, connect_session: ConnectSession, tokens: TokenSet) -> str:
@@ -30,6 +50,8 @@ def _store(rt: Runtime, session: Session, connect_session: ConnectSession, token
             connection = session.get(Connection, connect_session.connection_id, with_for_update=True,
                                      populate_existing=True)
             assert connection is not None
+            if connection.status == "revoked":
+                raise ConnectionRevoked(connection.id)  # a disconnect is final
             if fenced_update(session, connection.id, connection.version, values):
                 record_event(session, connection, "reauthorized")
                 return connection.id
@@ -47,49 +69,71 @@ def _store(rt: Runtime, session: Session, connect_session: ConnectSession, token
     return connection.id
 
 
-@celery.task(name=EXCHANGE_CODE, bind=True)
-def exchange_code(self: KeeperTask, attempt_id: str) -> None:
-    """Post the code to the token endpoint once, never again after the provider answered.
-
-    The code is taken from Redis atomically before the call, so a redelivered task
-    finds nothing to post and fails the attempt instead of spending the code twice."""
+@celery.task(name=EXCHANGE_CODE, bind=True, max_retries=MAX_TRIES - 1)
+def exchange_code(self: KeeperTask, attempt_id: str, retry_until: float | None = None) -> None:
+    """Post the code to the token endpoint; again only after a transient failure, within
+    the window that `retry_until` (a Unix time set by the first try) closes."""
     rt = self.rt
+    retry_until = retry_until or time.time() + EXCHANGE_WINDOW_SECONDS
     try:
-        _exchange(rt, attempt_id)
+        retry_in = _exchange(rt, attempt_id, self.request.retries, retry_until)
     except Exception:
         # Never leave the browser polling a pending attempt forever.
         with rt.db.session() as session:
             finish_attempt(session, attempt_id, "failed", error="server_error")
         raise
+    if retry_in is not None:
+        raise self.retry(countdown=retry_in, kwargs={"retry_until": retry_until})
 
 
-def _exchange(rt: Runtime, attempt_id: str) -> None:
-    """Take the code, post it once, store the outcome."""
+def _fail(rt: Runtime, attempt_id: str, error: str) -> None:
+    with rt.db.session() as session:
+        finish_attempt(session, attempt_id, "failed", error=error)
+
+
+def _exchange(rt: Runtime, attempt_id: str, retries: int = 0, retry_until: float | None = None) -> float | None:
+    """Take the code, post it, store the outcome; return when to try again (None: done).
+    Without `retry_until` there is no window: a single try."""
     with rt.db.session() as session:
         attempt = session.get(ConnectAttempt, attempt_id)
         if attempt is None or attempt.status != "pending":
-            return
+            return None
         connect_session = session.get(ConnectSession, attempt.session_id)
-        assert connect_session is not None  # rows are never deleted under an attempt
+        assert connect_session is not None  # rows are never deleted under a pending attempt
         integration = session.get(Integration, connect_session.integration_id)
         assert integration is not None
         client = oauth_client(rt, integration)
         use_pkce = integration.pkce
+        revoked = bool(connect_session.connection_id) and session.get(
+            Connection, connect_session.connection_id).status == "revoked"  # type: ignore[union-attr]
+    if revoked:
+        rt.codes.take(attempt_id)  # a disconnect is final: the code is never posted
+        _fail(rt, attempt_id, "connection_revoked")
+        return None
     taken = rt.codes.take(attempt_id)
     if taken is None:
-        with rt.db.session() as session:
-            finish_attempt(session, attempt_id, "failed", error="exchange_interrupted")
-        return
+        _fail(rt, attempt_id, "exchange_interrupted")
+        return None
     code, verifier = taken
     try:
         tokens = post_code(client, code=code, redirect_uri=rt.settings.redirect_uri,
                            code_verifier=verifier if use_pkce else None, timeout=rt.settings.http_timeout_seconds)
     except ProviderError as error:
+        wait = backoff(retries)
+        if is_transient(error) and retries < MAX_TRIES - 1 and time.time() + wait < (retry_until or 0):
+            # A transient failure did not spend the code: it goes back for the next try.
+            rt.codes.put(attempt_id, code, verifier)
+            log.warning("exchange for attempt %s failed (%s); trying again in %.1fs", attempt_id, error.error, wait)
+            return wait
         log.warning("exchange for attempt %s failed: %s", attempt_id, error.error)
+        _fail(rt, attempt_id, error.error or "exchange_failed")
+        return None
+    try:
         with rt.db.session() as session:
-            finish_attempt(session, attempt_id, "failed", error=error.error or "exchange_failed")
-        return
-    with rt.db.session() as session:
-        connection_id = _store(rt, session, connect_session, tokens)
-        finish_attempt(session, attempt_id, "succeeded", connection_id=connection_id)
+            connection_id = _store(rt, session, connect_session, tokens)
+            finish_attempt(session, attempt_id, "succeeded", connection_id=connection_id)
+    except ConnectionRevoked:
+        _fail(rt, attempt_id, "connection_revoked")
+        return None
     log.info("attempt %s connected %s", attempt_id, connection_id)
+    return None

@@ -22,7 +22,8 @@ from shared.models import Tenant, WebhookDelivery, utcnow
 from shared.providers import ProviderError, post
 from shared.queue import DELIVER_WEBHOOK, REQUEUE_WEBHOOKS
 from shared.runtime import Runtime
-from worker.app import celery, runtime
+from worker.app import celery
+from worker.task import KeeperTask
 
 log = logging.getLogger(__name__)
 
@@ -142,12 +143,12 @@ def _defer(rt: Runtime, delivery_id: str, now: datetime) -> None:
                         .values(next_attempt_at=now + timedelta(seconds=DEFER_SECONDS)))
 
 
-@celery.task(name=DELIVER_WEBHOOK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
-def deliver_webhook(delivery_id: str) -> str:
+@celery.task(name=DELIVER_WEBHOOK, bind=True)
+def deliver_webhook(self: KeeperTask, delivery_id: str) -> str:
     """One delivery attempt. The queued marker is cleared first: from here on the
     delivery's lock covers it, and a worker killed mid-POST leaves only that lock,
     after which the re-queue sends the delivery again."""
-    rt = runtime()
+    rt = self.rt
     rt.redis.delete(webhooks.queued_key(delivery_id))
     return deliver(rt, delivery_id)
 
@@ -173,11 +174,11 @@ def requeue(rt: Runtime) -> int:
         after = tenants[-1]
 
 
-@celery.task(name=REQUEUE_WEBHOOKS, ignore_result=True)
-def requeue_webhooks() -> int:
+@celery.task(name=REQUEUE_WEBHOOKS, bind=True)
+def requeue_webhooks(self: KeeperTask) -> int:
     """Beat's periodic re-queue: retries whose time has come, and deliveries whose
     message was lost (a crash between the commit and the send)."""
-    sent = requeue(runtime())
+    sent = requeue(self.rt)
     if sent:
         log.info("re-queued %d webhook deliveries", sent)
     return sent

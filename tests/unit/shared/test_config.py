@@ -16,7 +16,8 @@ REQUIRED = {"secret_key": "0123456789abcdef0123", "token_encryption_keys": new_f
 
 def test_defaults_follow_the_contract(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("DATABASE_URL", "REDIS_URL", "PUBLIC_BASE_URL", "REFRESH_MARGIN_SECONDS", "REFRESH_SWEEP_SECONDS",
-                 "TOKEN_WAIT_SECONDS", "SANDBOX_PROVIDER", "HTTP_TIMEOUT_SECONDS", "REFRESH_LOCK_SECONDS"):
+                 "TOKEN_WAIT_SECONDS", "SANDBOX_PROVIDER", "HTTP_TIMEOUT_SECONDS", "REFRESH_LOCK_SECONDS",
+                 "RETENTION_DAYS"):
         monkeypatch.delenv(name, raising=False)
     settings = load_settings(**REQUIRED)
     assert settings.database_url.startswith("sqlite:///") and settings.database_url.endswith("var/oauth.db")
@@ -25,11 +26,14 @@ def test_defaults_follow_the_contract(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (settings.refresh_margin_seconds, settings.refresh_sweep_seconds, settings.token_wait_seconds) == (600, 60, 10)
     assert settings.sandbox_provider is False
     assert settings.refresh_lock_ttl > settings.http_timeout_seconds
+    assert settings.retention_days == 30
 
 
 def test_a_bad_value_names_the_setting() -> None:
     with pytest.raises(SystemExit, match="REFRESH_MARGIN_SECONDS"):
         load_settings(**REQUIRED, refresh_margin_seconds="soon")
+    with pytest.raises(SystemExit, match="RETENTION_DAYS"):
+        load_settings(**REQUIRED, retention_days=0)
 
 
 def test_the_visibility_timeout_must_exceed_the_task_time_limit() -> None:

@@ -22,6 +22,7 @@ from shared.providers import (
     default_urls,
     refresh,
     retry_after_seconds,
+    revoke,
 )
 
 LOOPBACK = Rules(allow_private=True, require_https=False)
@@ -166,6 +167,22 @@ def test_an_unreachable_provider_is_a_connection_error() -> None:
     with pytest.raises(ProviderError) as caught:
         refresh(_client("http://127.0.0.1:9/token"), refresh_token="rt", timeout=2)
     assert caught.value.error == "connection_error" and caught.value.status is None
+
+
+def test_a_revocation_posts_the_token_and_its_hint_with_the_client_authentication(provider: str) -> None:
+    _Provider.answers.append((200, {}, b"", 0))
+    revoke(_client(provider), provider.replace("/token", "/revoke"), token="rt", token_type_hint="refresh_token",
+           timeout=5)
+    headers, form = _Provider.seen[0]
+    assert form == {"token": ["rt"], "token_type_hint": ["refresh_token"]}
+    assert headers["Authorization"].startswith("Basic ")
+
+
+def test_a_refused_revocation_is_an_error_with_its_status(provider: str) -> None:
+    _Provider.answers.append((503, {}, b'{"error": "temporarily_unavailable"}', 0))
+    with pytest.raises(ProviderError) as caught:
+        revoke(_client(provider), provider, token="at", token_type_hint="access_token", timeout=5)
+    assert (caught.value.status, caught.value.error) == (503, "temporarily_unavailable")
 
 
 def test_secrets_stay_out_of_reprs() -> None:

@@ -14,6 +14,7 @@ from shared.tokens import (
     due_at,
     fenced_update,
     is_due,
+    is_transient,
     margin_for,
     needs_refresh,
     refresh_mark,
@@ -56,6 +57,13 @@ def test_is_due(expires_in: int, lifetime: int, status: str, due: bool) -> None:
     now = utcnow()
     connection = Connection(status=status, expires_at=now + timedelta(seconds=expires_in), lifetime_seconds=lifetime)
     assert is_due(connection, MARGIN, now) is due
+
+
+def test_no_refresh_starts_for_a_revoked_connection_not_even_a_forced_one() -> None:
+    revoked = Connection(status="revoked", expires_at=utcnow() - timedelta(seconds=1), lifetime_seconds=3600,
+                         refresh_token_enc="sealed")
+    assert not needs_refresh(revoked, None, MARGIN)
+    assert not needs_refresh(revoked, refresh_mark(revoked), MARGIN)
 
 
 def test_a_connection_without_a_refresh_token_waits_for_expiry_even_when_forced() -> None:
@@ -107,3 +115,20 @@ def test_the_fenced_update_lets_only_the_reader_of_the_current_version_write(mem
 ])
 def test_failure_classes(error: ProviderError, failure: Failure) -> None:
     assert classify(error) is failure
+
+
+@pytest.mark.parametrize(("error", "transient"), [
+    (ProviderError("x", status=503, error="temporarily_unavailable"), True),
+    (ProviderError("x", status=500, error="http_500"), True),
+    (ProviderError("timeout", error="timeout"), True),
+    (ProviderError("refused", error="connection_error"), True),
+    (ProviderError("x", status=400, error="invalid_grant"), False),
+    (ProviderError("x", status=400, error="invalid_request"), False),
+    (ProviderError("x", status=429, error="slow_down"), False),
+    (ProviderError("x", status=401, error="invalid_client"), False),
+    (ProviderError("private", error="forbidden_address"), False),
+    (ProviderError("big", status=200, error="invalid_response"), False),
+])
+def test_only_5xx_timeouts_and_refused_connections_are_worth_another_try(error: ProviderError,
+                                                                         transient: bool) -> None:
+    assert is_transient(error) is transient

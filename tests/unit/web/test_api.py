@@ -189,6 +189,32 @@ def test_sandbox_integrations_need_the_sandbox_on(memory_runtime: Runtime) -> No
     assert _error(response, 422, "invalid_fields")["details"][0]["field"] == "provider"
 
 
+def test_a_connections_events_are_paged_with_the_same_cursor(api: Api) -> None:
+    from shared.tokens import record_event
+
+    [connection_id] = _connections(api, 1)
+    with api.runtime.db.session() as session:  # type: ignore[attr-defined]
+        connection = session.get(Connection, connection_id)
+        for type_ in ("created", "refreshed", "refresh_failed", "recovered", "refreshed"):
+            record_event(session, connection, type_)
+    seen, cursor, pages = [], None, 0
+    while pages < 10:
+        response = api("GET", f"/connections/{connection_id}/events",
+                       query_string={"limit": 2, **({"cursor": cursor} if cursor else {})})
+        assert response.status_code == 200
+        page = response.get_json()
+        assert len(page["data"]) <= 2
+        seen += [event["id"] for event in page["data"]]
+        cursor, pages = page["next_cursor"], pages + 1
+        if not cursor:
+            break
+    everything = api("GET", f"/connections/{connection_id}/events").get_json()
+    assert everything["next_cursor"] is None
+    assert seen == [event["id"] for event in everything["data"]] and len(seen) == 5 and pages == 3
+    _error(api("GET", f"/connections/{connection_id}/events", query_string={"cursor": "!!!"}), 400, "invalid_cursor")
+    _error(api("GET", f"/connections/{connection_id}/events", query_string={"limit": "x"}), 400, "invalid_limit")
+
+
 @pytest.mark.parametrize("field", ["authorize_url", "token_url", "revoke_url", "issuer"])
 def test_a_sandbox_integration_always_uses_the_sandbox_urls(api: Api, field: str) -> None:
     body = {**INTEGRATION, "provider": "sandbox", field: "https://idp.example/elsewhere"}

@@ -147,3 +147,70 @@ def test_keys_rotate_with_nothing_stored_prints_zero(memory_runtime: Runtime) ->
     result = create_app(runtime_=memory_runtime).test_cli_runner().invoke(args=["keys", "rotate"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == {"reencrypted": 0}
+
+
+def _create(app_runtime: Runtime, name: str) -> dict[str, str]:
+    result = create_app(runtime_=app_runtime).test_cli_runner().invoke(args=["tenants", "create", name])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def _status(rt: Runtime, api_key: str) -> int:
+    app = create_app(runtime_=rt)
+    return app.test_client().get("/api/v1/integrations", headers={"Authorization": f"Bearer {api_key}"}).status_code
+
+
+def test_tenants_rotate_key_prints_a_new_key_and_the_old_one_stops_working(memory_runtime: Runtime) -> None:
+    created = _create(memory_runtime, "acme")
+    other = _create(memory_runtime, "other")
+    pubsub = memory_runtime.redis.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe("api-key-updates")
+
+    result = create_app(runtime_=memory_runtime).test_cli_runner().invoke(args=["tenants", "rotate-key", "acme"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    printed = json.loads(lines[0])
+    assert set(printed) == {"id", "name", "api_key"}
+    assert (printed["id"], printed["name"]) == (created["id"], "acme")
+    assert printed["api_key"] != created["api_key"] and len(printed["api_key"]) >= 32
+
+    assert _status(memory_runtime, created["api_key"]) == 401
+    assert _status(memory_runtime, printed["api_key"]) == 200
+    assert _status(memory_runtime, other["api_key"]) == 200  # nobody else's key changed
+    messages = [pubsub.get_message(timeout=0.2) for _ in range(3)]
+    assert [m["data"] for m in messages if m] == [created["id"].encode()]
+    assert printed["api_key"] not in everything_stored(memory_runtime)
+
+
+def test_tenants_rotate_key_of_an_unknown_or_ambiguous_name_fails_and_changes_nothing(
+        memory_runtime: Runtime) -> None:
+    first, second = _create(memory_runtime, "twin"), _create(memory_runtime, "twin")
+    runner = create_app(runtime_=memory_runtime).test_cli_runner()
+
+    unknown = runner.invoke(args=["tenants", "rotate-key", "nobody"])
+    assert unknown.exit_code != 0 and "no tenant is named 'nobody'" in unknown.output
+    ambiguous = runner.invoke(args=["tenants", "rotate-key", "twin"])
+    assert ambiguous.exit_code != 0 and first["id"] in ambiguous.output and second["id"] in ambiguous.output
+    assert _status(memory_runtime, first["api_key"]) == _status(memory_runtime, second["api_key"]) == 200
+
+    by_id = runner.invoke(args=["tenants", "rotate-key", second["id"]])
+    assert by_id.exit_code == 0, by_id.output
+    assert _status(memory_runtime, second["api_key"]) == 401
+    assert _status(memory_runtime, first["api_key"]) == 200
+
+
+def test_tenants_list_prints_one_json_object_per_tenant_and_never_a_key(memory_runtime: Runtime) -> None:
+    created = [_create(memory_runtime, name) for name in ("acme", "globex")]
+    result = create_app(runtime_=memory_runtime).test_cli_runner().invoke(args=["tenants", "list"])
+    assert result.exit_code == 0, result.output
+    listed = [json.loads(line) for line in result.output.splitlines() if line.strip()]
+    assert [(t["id"], t["name"]) for t in listed] == [(t["id"], t["name"]) for t in created]
+    assert all(set(t) == {"id", "name", "webhook_url", "created_at"} for t in listed)
+    for tenant in created:
+        assert tenant["api_key"] not in result.output and digest(tenant["api_key"]) not in result.output
+
+
+def test_tenants_list_with_no_tenant_prints_nothing(memory_runtime: Runtime) -> None:
+    result = create_app(runtime_=memory_runtime).test_cli_runner().invoke(args=["tenants", "list"])
+    assert result.exit_code == 0 and result.output == ""

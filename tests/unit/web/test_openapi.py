@@ -15,6 +15,7 @@ from shared.runtime import Runtime
 from shared.tenants import create_tenant
 from shared.tokens import record_event
 from web import create_app
+from tests.unit.web.test_connect import RecordingCelery
 from web.openapi import document
 
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
@@ -151,7 +152,10 @@ def _codes(doc: dict[str, Any], path: str, method: str, status: str) -> set[str]
 def test_the_documented_error_codes_are_the_ones_the_views_raise(doc: dict[str, Any]) -> None:
     connections, token = "/api/v1/connections", "/api/v1/connections/{connection_id}/token"
     assert _codes(doc, connections, "get", "400") == {"invalid_cursor", "invalid_limit", "invalid_status"}
-    assert _codes(doc, "/api/v1/connect-sessions", "post", "409") == {"integration_mismatch"}
+    assert _codes(doc, "/api/v1/connect-sessions", "post", "409") == {"integration_mismatch", "revoked"}
+    events = "/api/v1/connections/{connection_id}/events"
+    assert _codes(doc, events, "get", "400") == {"invalid_cursor", "invalid_limit"}
+    assert {p["name"] for p in doc["paths"][events]["get"]["parameters"]} == {"limit", "cursor"}
     for path, method in ((token, "get"), ("/api/v1/connections/{connection_id}/refresh", "post")):
         assert _codes(doc, path, method, "409") == {"needs_reauth", "revoked"}
         assert _codes(doc, path, method, "503") == {"refresh_pending"}
@@ -210,8 +214,10 @@ def tenant(app: Flask, memory_runtime: Runtime) -> dict[str, Any]:
     return {"auth": auth, "first": first, "second": second, "active": rows[0].id, "needs_reauth": rows[1].id}
 
 
-def test_the_real_answers_match_the_document(app: Flask, doc: dict[str, Any], tenant: dict[str, Any]) -> None:
+def test_the_real_answers_match_the_document(app: Flask, doc: dict[str, Any], tenant: dict[str, Any],
+                                            memory_runtime: Runtime) -> None:
     client, auth = app.test_client(), tenant["auth"]
+    memory_runtime.celery = RecordingCelery()  # type: ignore[assignment]  # DELETE queues a revocation
     active, stuck, first, second = tenant["active"], tenant["needs_reauth"], tenant["first"], tenant["second"]
     body = {"provider": "sandbox", "client_id": "cid", "client_secret": "s3cr3t"}
     cases: list[tuple[str, str, str, int, dict[str, Any]]] = [
@@ -235,6 +241,10 @@ def test_the_real_answers_match_the_document(app: Flask, doc: dict[str, Any], te
         ("get", "/api/v1/connections/{connection_id}/token", f"/api/v1/connections/{stuck}/token", 409, {}),
         ("post", "/api/v1/connections/{connection_id}/refresh", f"/api/v1/connections/{stuck}/refresh", 409, {}),
         ("get", "/api/v1/connections/{connection_id}/events", f"/api/v1/connections/{stuck}/events", 200, {}),
+        ("get", "/api/v1/connections/{connection_id}/events", f"/api/v1/connections/{stuck}/events?cursor=x", 400,
+         {}),
+        ("delete", "/api/v1/connections/{connection_id}", f"/api/v1/connections/{stuck}", 202, {}),
+        ("delete", "/api/v1/connections/{connection_id}", "/api/v1/connections/conn_nope", 404, {}),
         ("get", "/api/v1/webhook", "/api/v1/webhook", 200, {}),
         ("put", "/api/v1/webhook", "/api/v1/webhook", 200, {"json": {"url": "https://hooks.example/in"}}),
         ("put", "/api/v1/webhook", "/api/v1/webhook", 422, {"json": {"url": "nope"}}),

@@ -35,6 +35,7 @@ def test_only_due_active_connections_are_queued_across_batches(memory_runtime: R
     due = seed_connections(memory_runtime, [-30, 10, 100, 300, 590, -1, 5])
     seed_connections(memory_runtime, [700, 3000, None])  # not due
     seed_connections(memory_runtime, [10, -10], status="needs_reauth")
+    seed_connections(memory_runtime, [10, -10], status="revoked")
     celery = RecordingCelery()
     assert sweep(memory_runtime, celery, batch=3) == len(due)  # type: ignore[arg-type]
     assert sorted(celery.queued()) == sorted(due)
