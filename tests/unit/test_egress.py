@@ -1,6 +1,8 @@
 """Token and revocation URLs must reach public addresses only, unless allowed."""
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from shared.egress import ForbiddenAddress, check_public
@@ -20,8 +22,29 @@ def test_private_loopback_metadata_and_unresolvable_hosts_are_refused(url: str) 
         check_public(url)
 
 
-def test_a_public_address_passes() -> None:
-    check_public("https://93.184.216.34/oauth/token")
+def _resolving_to(monkeypatch: pytest.MonkeyPatch, *addresses: str) -> list[tuple[str, int]]:
+    """Make every name resolve to these addresses; return the look-ups made."""
+    asked: list[tuple[str, int]] = []
+
+    def getaddrinfo(host: str, port: int, *_: object, **__: object) -> list[tuple]:
+        asked.append((host, port))
+        return [(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "",
+                 (a, port)) for a in addresses]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return asked
+
+
+def test_a_public_address_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked = _resolving_to(monkeypatch, "93.184.216.34")
+    check_public("https://idp.example/oauth/token")  # raises if refused
+    assert asked == [("idp.example", 443)], "the name was resolved and its address judged"
+
+
+def test_a_name_with_any_non_public_address_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    _resolving_to(monkeypatch, "93.184.216.34", "127.0.0.1")
+    with pytest.raises(ForbiddenAddress, match="127.0.0.1"):
+        check_public("https://idp.example/oauth/token")
 
 
 def test_a_worker_never_posts_to_a_private_address() -> None:
