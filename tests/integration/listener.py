@@ -39,9 +39,10 @@ class Reply:
 class Listener:
     """An HTTP server on 127.0.0.1 in a background thread; use as a context manager."""
 
-    def __init__(self, reply: Reply | None = None) -> None:
-        self.reply = reply or Reply()
+    def __init__(self, *replies: Reply) -> None:
+        self.replies = list(replies) or [Reply()]  # in order; the last one repeats
         self.received: list[Received] = []
+        self._lock = threading.Lock()
         self.release = threading.Event()
         self.release.set()  # answer at once unless a test clears it to hold requests
         listener = self
@@ -49,10 +50,11 @@ class Listener:
         class Handler(BaseHTTPRequestHandler):
             def _serve(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                listener.received.append(Received(self.command, self.path, dict(self.headers.items()),
-                                                  self.rfile.read(length)))
+                request = Received(self.command, self.path, dict(self.headers.items()), self.rfile.read(length))
+                with listener._lock:
+                    reply = listener.replies[min(len(listener.received), len(listener.replies) - 1)]
+                    listener.received.append(request)
                 listener.release.wait(60)
-                reply = listener.reply
                 self.send_response(reply.status)
                 for name, value in reply.headers.items():
                     self.send_header(name, value)
@@ -65,7 +67,11 @@ class Listener:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, *_: Any) -> None:
+                pass  # a caller that died mid-request (a killed worker) is expected here
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)

@@ -5,46 +5,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from datetime import timedelta
 
 import pytest
 
 from shared import refreshes
-from shared.models import Connection, Integration, utcnow
+from shared.models import Connection
 from shared.tokens import refresh_mark
 from tests.integration.conftest import StackFactory
 from tests.integration.listener import Listener, Reply
-from tests.integration.stack import Stack, Tenant, wait_for
+from tests.integration.stack import Stack, wait_for
 
 pytestmark = pytest.mark.integration
 
 NOT_PUBLIC = re.compile(r"not (a )?public|non-public|forbidden", re.IGNORECASE)
 PUBLIC_TOKEN_URL = "https://93.184.215.14/oauth/token"  # an address literal: no DNS needed to judge it
-
-
-def _stored_integration(stack: Stack, tenant: Tenant, token_url: str, provider: str = "oauth2") -> str:
-    """An integration written straight to the database, as one created before a rule
-    tightened (or under ALLOW_PRIVATE_PROVIDER_URLS) would be: the API would refuse it now."""
-    with stack.runtime.db.session() as session:
-        integration = Integration(tenant_id=tenant.id, provider=provider, client_id="client-1",
-                                  client_secret_enc=stack.runtime.cipher.encrypt("client-secret-1"),
-                                  scopes=["contact:read"], authorize_url="https://93.184.215.14/authorize",
-                                  token_url=token_url)
-        session.add(integration)
-    return integration.id
-
-
-def _stored_connection(stack: Stack, tenant: Tenant, integration_id: str) -> str:
-    """An active connection with a refresh token, written straight to the database."""
-    now = utcnow()
-    cipher = stack.runtime.cipher
-    with stack.runtime.db.session() as session:
-        connection = Connection(tenant_id=tenant.id, integration_id=integration_id, end_user_id="user-1",
-                                scopes=["contact:read"], access_token_enc=cipher.encrypt("access-token-1"),
-                                refresh_token_enc=cipher.encrypt("refresh-token-1"), lifetime_seconds=3600,
-                                expires_at=now + timedelta(hours=1), last_refreshed_at=now)
-        session.add(connection)
-    return connection.id
 
 
 def _refresh_and_wait_for_failure(stack: Stack, connection_id: str) -> Connection:
@@ -62,8 +36,7 @@ def _refresh_and_wait_for_failure(stack: Stack, connection_id: str) -> Connectio
 def test_a_refresh_never_reaches_a_loopback_token_url_when_private_urls_are_off(stack: Stack) -> None:
     tenant = stack.tenant()
     with Listener(Reply.json({"access_token": "stolen", "expires_in": 3600})) as listener:
-        connection_id = _stored_connection(stack, tenant,
-                                           _stored_integration(stack, tenant, f"{listener.url}/token"))
+        connection_id = tenant.stored_connection(tenant.stored_integration(f"{listener.url}/token"))
         failed = _refresh_and_wait_for_failure(stack, connection_id)
         assert listener.received == [], "the worker must not call a loopback token URL"
         assert NOT_PUBLIC.search(failed.last_error), failed.last_error
@@ -103,8 +76,8 @@ def test_a_sandbox_integration_cannot_point_its_token_url_elsewhere(stack: Stack
         assert response.status_code == 422, response.text
         assert response.json()["error"]["code"] == "invalid_fields"
         # One stored before the rule (or written around the API) is refused at call time too.
-        integration_id = _stored_integration(stack, tenant, f"{listener.url}/token", provider="sandbox")
-        failed = _refresh_and_wait_for_failure(stack, _stored_connection(stack, tenant, integration_id))
+        integration_id = tenant.stored_integration(f"{listener.url}/token", provider="sandbox")
+        failed = _refresh_and_wait_for_failure(stack, tenant.stored_connection(integration_id))
         assert listener.received == []
         assert failed.status == "active"
 
@@ -127,7 +100,7 @@ def test_a_providers_redirect_to_an_internal_address_is_not_followed(private_sta
             "provider": "oauth2", "client_id": "c", "client_secret": "s", "scopes": [],
             "authorize_url": f"{provider.url}/authorize", "token_url": f"{provider.url}/token"})
         assert created.status_code == 201, created.text
-        connection_id = _stored_connection(stack, tenant, created.json()["id"])
+        connection_id = tenant.stored_connection(created.json()["id"])
         failed = _refresh_and_wait_for_failure(stack, connection_id)
         assert [r.path for r in provider.received][:1] == ["/token"]
         assert provider.received[0].form()["grant_type"] == "refresh_token"
