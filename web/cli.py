@@ -8,6 +8,7 @@ from flask import Flask
 from flask.cli import AppGroup
 
 from shared import migrate
+from shared.nonces import reseal_pending
 from shared.tenants import create_tenant, rotate_keys
 from web import runtime
 
@@ -38,6 +39,7 @@ def keys_rotate() -> None:
     rt = runtime()
     with rt.db.session() as session:
         count = rotate_keys(session, rt.cipher)
+    count += reseal_pending(rt.redis, rt.cipher)  # connect flows under way keep working
     click.echo(json.dumps({"reencrypted": count}))
 
 
