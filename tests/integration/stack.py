@@ -242,8 +242,12 @@ class Browser:
 
         return wait_for(ended, timeout=timeout, interval=0.1, what="the attempt to end")
 
-    def connect(self, connect_url: str, decision: str = "approve") -> dict[str, Any]:
-        """The whole flow; return the ended attempt."""
-        response = self.callback(self.decide(self.open_connect(connect_url), decision))
+    def finish(self, authorize_url: str, decision: str = "approve") -> dict[str, Any]:
+        """The flow from the provider's page on; return the ended attempt."""
+        response = self.callback(self.decide(authorize_url, decision))
         assert response.status_code == 303, response.text
         return self.attempt(response.headers["Location"])
+
+    def connect(self, connect_url: str, decision: str = "approve") -> dict[str, Any]:
+        """The whole flow; return the ended attempt."""
+        return self.finish(self.open_connect(connect_url), decision)
