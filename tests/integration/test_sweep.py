@@ -25,7 +25,7 @@ def swept(stack_factory: StackFactory) -> Iterator[Stack]:
     stack.stop_all()
 
 
-SEND = re.compile(r"^\[([0-9-]+ [0-9:,]+): INFO/\w+\] Scheduler: Sending due task sweep-due", re.MULTILINE)
+STAMP = re.compile(r"(\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d[,.]\d+)")
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def start_beat(swept: Stack) -> Iterator[Callable[[str], Process]]:
 
     def start(name: str) -> Process:
         process = swept.spawn(name, [str(BIN / "celery"), "-A", "worker", "beat", "--loglevel", "DEBUG",
-                                     "--schedule", str(swept.logdir / f"{name}.schedule")])
+                                     "--schedule", str(swept.logdir / f"{name}.schedule")], {"LOG_LEVEL": "DEBUG"})
         started.append(process)
         return process
 
@@ -46,8 +46,14 @@ def start_beat(swept: Stack) -> Iterator[Callable[[str], Process]]:
 
 
 def _send_times(process: Process) -> list[datetime]:
-    """When this beat sent the sweep, from its log."""
-    return [datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f") for stamp in SEND.findall(process.output())]
+    """When this beat sent the sweep, from the time stamps of its log lines (JSON or text)."""
+    times = []
+    for line in process.output().splitlines():
+        if "Sending due task sweep-due" in line:
+            stamp = STAMP.search(line)
+            assert stamp, f"a log line without its time: {line}"
+            times.append(datetime.fromisoformat(stamp.group(1).replace(",", ".")).replace(tzinfo=None))
+    return times
 
 
 def _sends(process: Process) -> int:
