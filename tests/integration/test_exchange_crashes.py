@@ -49,8 +49,13 @@ def test_a_worker_killed_mid_exchange_never_posts_the_code_twice_and_the_attempt
         victim.stop(signal.SIGKILL)
         provider.release.set()  # the answer goes to a dead worker
 
-        stack.start_worker("rescuer")
-        attempt = browser.attempt(response.headers["Location"], timeout=60)
+        rescuer = stack.start_worker("rescuer")
+        try:
+            attempt = browser.attempt(response.headers["Location"], timeout=60)
+        except AssertionError as timed_out:
+            r = stack.runtime.redis
+            raise AssertionError(f"no redelivery: unacked={r.hgetall('unacked')!r}, "
+                                 f"mutex ttl={r.ttl('unacked_mutex')}\n{rescuer.output()[-3000:]}") from timed_out
         assert attempt == {"status": "failed", "error": "exchange_interrupted"}
         # Only the redelivered task ends the attempt: it found the code already taken.
 
