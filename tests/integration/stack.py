@@ -169,27 +169,26 @@ class Tenant:
         assert attempt["status"] == "succeeded", attempt
         return client, attempt["connection_id"]
 
-    def stored_integration(self, token_url: str, provider: str = "oauth2", client_secret: str = "client-secret-1",
-                           **columns: Any) -> str:
+    def stored_integration(self, token_url: str, provider: str = "oauth2") -> str:
         """An integration written straight to the database, as one created before a rule
         tightened (or under ALLOW_PRIVATE_PROVIDER_URLS) would be: the API may refuse it now."""
         with self.stack.runtime.db.session() as session:
             integration = Integration(tenant_id=self.id, provider=provider, client_id="client-1",
-                                      client_secret_enc=self.stack.runtime.cipher.encrypt(client_secret),
+                                      client_secret_enc=self.stack.runtime.cipher.encrypt("client-secret-1"),
                                       scopes=["contact:read"], authorize_url="https://93.184.215.14/authorize",
-                                      token_url=token_url, **columns)
+                                      token_url=token_url)
             session.add(integration)
         return integration.id
 
-    def stored_connection(self, integration_id: str, access_token: str = "access-token-1",
-                          refresh_token: str = "refresh-token-1") -> str:
-        """An active connection with an hour-long token, written straight to the database."""
+    def stored_connection(self, integration_id: str) -> str:
+        """An active connection with an hour-long token (`access-token-1`, refresh token
+        `refresh-token-1`), written straight to the database."""
         now = utcnow()
         cipher = self.stack.runtime.cipher
         with self.stack.runtime.db.session() as session:
             connection = Connection(tenant_id=self.id, integration_id=integration_id, end_user_id="user-1",
-                                    scopes=["contact:read"], access_token_enc=cipher.encrypt(access_token),
-                                    refresh_token_enc=cipher.encrypt(refresh_token), lifetime_seconds=3600,
+                                    scopes=["contact:read"], access_token_enc=cipher.encrypt("access-token-1"),
+                                    refresh_token_enc=cipher.encrypt("refresh-token-1"), lifetime_seconds=3600,
                                     expires_at=now + timedelta(hours=1), last_refreshed_at=now)
             session.add(connection)
         return connection.id
