@@ -32,7 +32,7 @@ class Reply:
     body: bytes = b""
 
     @classmethod
-    def json(cls, payload: dict[str, Any], status: int = 200) -> "Reply":
+    def json(cls, payload: dict[str, Any], status: int = 200) -> Reply:
         return cls(status, {"Content-Type": "application/json"}, json.dumps(payload).encode())
 
 
@@ -62,7 +62,7 @@ class Listener:
                 self.end_headers()
                 self.wfile.write(reply.body)
 
-            do_GET = do_POST = _serve  # noqa: N815 - http.server's names
+            do_GET = do_POST = _serve
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -76,7 +76,7 @@ class Listener:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def __enter__(self) -> "Listener":
+    def __enter__(self) -> Listener:
         self._thread.start()
         return self
 

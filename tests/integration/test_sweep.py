@@ -11,8 +11,8 @@ from datetime import datetime
 import pytest
 
 from tests.integration.conftest import StackFactory
-from worker.app import BEAT_LOCK_SECONDS
 from tests.integration.stack import BIN, Browser, Process, Stack, wait_for
+from worker.app import BEAT_LOCK_SECONDS
 
 pytestmark = pytest.mark.integration
 
