@@ -6,7 +6,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import update
 
 from shared.models import Connection
-from shared.queue import DEFAULT_QUEUE, INTERACTIVE_QUEUE
+from shared.queue import DEFAULT_QUEUE, INTERACTIVE_QUEUE, WEBHOOK_QUEUE
 from shared.runtime import Runtime
 from tests.conftest import seed_connections
 from web import create_app
@@ -26,6 +26,7 @@ def test_metrics_count_connections_the_backlog_and_the_queues(memory_runtime: Ru
                         .values(refresh_failures=3))
     memory_runtime.redis.rpush(DEFAULT_QUEUE, "m1", "m2")
     memory_runtime.redis.rpush(INTERACTIVE_QUEUE, "m3")
+    memory_runtime.redis.rpush(WEBHOOK_QUEUE, "m4", "m5", "m6")
     response = create_app(runtime_=memory_runtime).test_client().get("/metrics")
     assert response.status_code == 200 and response.mimetype == "text/plain"
     samples = _samples(response.get_data(as_text=True))
@@ -36,6 +37,8 @@ def test_metrics_count_connections_the_backlog_and_the_queues(memory_runtime: Ru
     assert samples[("oauth_connections_failing", ())] == 1
     assert samples[("oauth_queue_length", (("queue", "celery"),))] == 2
     assert samples[("oauth_queue_length", (("queue", "interactive"),))] == 1
+    assert samples[("oauth_queue_length", (("queue", "webhooks"),))] == 3
+    assert samples[("oauth_webhook_deliveries_pending", ())] == 0
     assert any(name.startswith("process_") or name.startswith("python_") for name, _ in samples)
 
 
