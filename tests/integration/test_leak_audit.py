@@ -3,7 +3,7 @@ beat), no issued token, code, client secret or API key is found in the database,
 Redis (Celery messages decoded) or in any process's log, in any form it travels in.
 
 Each step of the life is one function in STEPS that records the secrets it saw issued;
-a new step (a webhook delivery, a revocation) is one more line there."""
+a new step (a revocation) is one more line there."""
 from __future__ import annotations
 
 import json
@@ -16,6 +16,7 @@ import pytest
 
 from tests.integration import leaks
 from tests.integration.conftest import StackFactory
+from tests.integration.listener import Listener, Reply
 from tests.integration.stack import BIN, Browser, Stack, Tenant, wait_for
 
 pytestmark = pytest.mark.integration
@@ -30,6 +31,7 @@ class Audit:
     client: dict[str, Any] = field(default_factory=dict)
     connection_id: str = ""
     secrets: dict[str, set[str]] = field(default_factory=dict)
+    listeners: list[Listener] = field(default_factory=list)  # endpoints the steps opened
 
     def saw(self, name: str, secret: str) -> None:
         """Remember a secret under a readable name, in all its forms."""
@@ -78,16 +80,31 @@ def refresh(audit: Audit) -> None:
     audit.saw_stored_tokens()
 
 
+def webhook_delivery(audit: Audit) -> None:
+    """A webhook endpoint, and an event delivered to it (the grant revoked: needs_reauth)."""
+    receiver = Listener(Reply(204))
+    audit.listeners.append(receiver.__enter__())
+    response = audit.tenant.call("PUT", "/webhook", json={"url": f"{receiver.url}/hooks"})
+    assert response.status_code == 200, response.text
+    audit.saw("webhook secret", response.json()["secret"])
+    audit.stack.knobs(audit.client["client_id"], fail=["invalid_grant"])
+    assert audit.tenant.call("POST", f"/connections/{audit.connection_id}/refresh").status_code == 409
+    delivered = wait_for(lambda: receiver.received, timeout=30, what="the webhook delivery")
+    assert json.loads(delivered[0].body)["type"] == "connection.needs_reauth"
+
+
 STEPS: list[Callable[[Audit], None]] = [
     connect,
     refresh,
+    webhook_delivery,
 ]
 
 
 @pytest.fixture(scope="module")
 def audited_stack(stack_factory: StackFactory) -> Iterator[Stack]:
-    """Web, one worker and one beat sweeping every second, each logging to its own file."""
-    stack = stack_factory(workers=1, REFRESH_SWEEP_SECONDS="1")
+    """Web, one worker and one beat sweeping every second, each logging to its own file;
+    private URLs allowed, so that a loopback listener can receive webhooks."""
+    stack = stack_factory(workers=1, REFRESH_SWEEP_SECONDS="1", ALLOW_PRIVATE_PROVIDER_URLS="1")
     beat = stack.spawn("beat", [str(BIN / "celery"), "-A", "worker", "beat", "--loglevel", "INFO",
                                 "--schedule", str(stack.logdir / "beat.schedule")])
     wait_for(lambda: "Sending due task" in beat.output(), timeout=30, what="beat to send")
@@ -97,9 +114,13 @@ def audited_stack(stack_factory: StackFactory) -> Iterator[Stack]:
 
 def test_no_issued_secret_is_found_in_storage_queues_or_logs(audited_stack: Stack) -> None:
     audit = Audit(audited_stack, audited_stack.tenant("audited"))
-    for step in STEPS:
-        step(audit)
-    assert len(audit.secrets) >= 9
+    try:
+        for step in STEPS:
+            step(audit)
+    finally:
+        for listener in audit.listeners:
+            listener.__exit__()
+    assert len(audit.secrets) >= 10
 
     leaks.assert_nowhere(audit.secrets, {
         "the database": leaks.database_dump(audited_stack),
