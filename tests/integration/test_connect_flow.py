@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
 import requests
@@ -148,10 +148,16 @@ def test_a_connect_link_works_once_only(stack: Stack) -> None:
 
 
 def test_an_issuer_mismatch_fails_the_attempt_with_no_exchange(stack: Stack) -> None:
+    # A sandbox integration always names the sandbox as its issuer: a callback that
+    # claims another issuer (RFC 9207, a mix-up attack) must fail the attempt.
     tenant = stack.tenant()
-    client, integration = tenant.sandbox_integration(issuer="https://someone-else.example")
-    attempt = Browser(stack).connect(tenant.connect_url(integration["id"]))
-    assert attempt == {"status": "failed", "error": "issuer_mismatch"}
+    client, integration = tenant.sandbox_integration()
+    browser = Browser(stack)
+    callback = urlsplit(browser.decide(browser.open_connect(tenant.connect_url(integration["id"]))))
+    query = [(k, "https://someone-else.example" if k == "iss" else v) for k, v in parse_qsl(callback.query)]
+    response = browser.callback(urlunsplit(callback._replace(query=urlencode(query))))
+    assert response.status_code == 303, response.text
+    assert browser.attempt(response.headers["Location"]) == {"status": "failed", "error": "issuer_mismatch"}
     assert stack.sandbox_stats(client["client_id"])["token_requests"]["authorization_code"] == 0
     assert tenant.call("GET", "/connections").json()["data"] == []
 
@@ -164,7 +170,7 @@ def test_a_missing_issuer_fails_the_attempt_when_the_integration_names_one(stack
     callback = urlsplit(browser.decide(browser.open_connect(tenant.connect_url(integration["id"]))))
     query = [(name, value) for name, value in parse_qsl(callback.query) if name != "iss"]
     assert len(query) == len(parse_qsl(callback.query)) - 1, "the sandbox sends iss"
-    response = browser.callback(callback._replace(query=urlencode(query)).geturl())
+    response = browser.callback(urlunsplit(callback._replace(query=urlencode(query))))
     assert response.status_code == 303, response.text
     assert browser.attempt(response.headers["Location"]) == {"status": "failed", "error": "issuer_mismatch"}
     assert stack.sandbox_stats(client["client_id"])["token_requests"]["authorization_code"] == 0
