@@ -48,7 +48,8 @@ def test_a_refresh_never_reaches_a_loopback_token_url_when_private_urls_are_off(
 def test_a_private_revoke_url_is_refused_by_the_api(stack: Stack) -> None:
     tenant = stack.tenant()
     with Listener() as listener:
-        for revoke_url in (f"{listener.url}/revoke", "http://10.0.0.5/revoke", "http://169.254.169.254/latest"):
+        loopback = listener.url.replace("http://", "https://")  # https, so only the address is wrong
+        for revoke_url in (f"{loopback}/revoke", "https://10.0.0.5/revoke", "https://169.254.169.254/latest"):
             response = tenant.call("POST", "/integrations", json={
                 "provider": "oauth2", "client_id": "c", "client_secret": "s", "scopes": [],
                 "authorize_url": "https://93.184.215.14/authorize", "token_url": PUBLIC_TOKEN_URL,
