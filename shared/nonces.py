@@ -7,10 +7,22 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import redis
+from cryptography.fernet import InvalidToken
 
 from shared.crypto import Cipher
 
 STATE_TTL_SECONDS = 600
+STATE_PREFIX = "state:"
+CODE_PREFIX = "attempt-code:"
+
+# Replace a sealed value only if it is still the one read (a taker or a writer in
+# between wins), keeping its remaining lifetime.
+_RESEAL = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('SET', KEYS[1], ARGV[2], 'PX', ttl) else redis.call('SET', KEYS[1], ARGV[2]) end
+return 1
+"""
 
 
 class SealedStore:
@@ -50,7 +62,7 @@ class StateStore:
     """`state:{state}`: the pending flow, including its PKCE verifier."""
 
     def __init__(self, client: redis.Redis, cipher: Cipher, ttl: int = STATE_TTL_SECONDS) -> None:
-        self._store = SealedStore(client, cipher, "state:", ttl)
+        self._store = SealedStore(client, cipher, STATE_PREFIX, ttl)
 
     def put(self, state: str, pending: PendingState) -> bool:
         """Store a new state; False if it already exists."""
@@ -66,7 +78,7 @@ class CodeStore:
     """`attempt-code:{id}`: the authorization code of an attempt until a worker takes it."""
 
     def __init__(self, client: redis.Redis, cipher: Cipher, ttl: int = STATE_TTL_SECONDS) -> None:
-        self._store = SealedStore(client, cipher, "attempt-code:", ttl)
+        self._store = SealedStore(client, cipher, CODE_PREFIX, ttl)
 
     def put(self, attempt_id: str, code: str, code_verifier: str) -> None:
         """Keep the code and verifier for the exchange."""
@@ -76,3 +88,23 @@ class CodeStore:
         """Take the code once: a redelivered exchange finds nothing and never posts twice."""
         value = self._store.take(attempt_id)
         return (value["code"], value["verifier"]) if value else None
+
+
+def reseal_pending(client: redis.Redis, cipher: Cipher) -> int:
+    """Re-encrypt every pending state and stored code under the newest key, so that
+    flows begun before a key rotation still finish once the old key is gone; return
+    how many values were re-encrypted. Values under no known key are left to expire."""
+    script = client.register_script(_RESEAL)
+    count = 0
+    for prefix in (STATE_PREFIX, CODE_PREFIX):
+        for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            sealed = client.get(key)
+            if sealed is None:
+                continue
+            old = sealed.decode() if isinstance(sealed, bytes) else sealed
+            try:
+                new = cipher.rotate(old)
+            except InvalidToken:
+                continue
+            count += int(script(keys=[key], args=[old, new]))
+    return count

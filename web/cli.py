@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from shared import migrate
 from shared.models import Tenant
+from shared.nonces import reseal_pending
 from shared.tenants import TenantNotFound, announce_key_change, create_tenant, find_tenant, rotate_api_key, rotate_keys
 from web import runtime
 from web.serializers import iso
@@ -67,7 +68,9 @@ def tenants_list() -> None:
 def keys_rotate() -> None:
     """Re-encrypt every stored secret under the newest key, in small committed batches, and print the count."""
     rt = runtime()
-    click.echo(json.dumps({"reencrypted": rotate_keys(rt.db, rt.cipher)}))
+    count = rotate_keys(rt.db, rt.cipher)
+    count += reseal_pending(rt.redis, rt.cipher)  # connect flows under way keep working
+    click.echo(json.dumps({"reencrypted": count}))
 
 
 @connections_cli.command("call")

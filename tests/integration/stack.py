@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -16,7 +17,7 @@ from urllib.parse import parse_qsl, urlsplit
 import requests
 
 from shared.local_redis import free_port  # noqa: F401 - re-exported for the fixtures
-from shared.models import Connection
+from shared.models import Connection, Integration, utcnow
 from shared.runtime import Runtime
 from shared.tenants import create_tenant
 
@@ -176,6 +177,30 @@ class Tenant:
         assert attempt["status"] == "succeeded", attempt
         return client, attempt["connection_id"]
 
+    def stored_integration(self, token_url: str, provider: str = "oauth2") -> str:
+        """An integration written straight to the database, as one created before a rule
+        tightened (or under ALLOW_PRIVATE_PROVIDER_URLS) would be: the API may refuse it now."""
+        with self.stack.runtime.db.session() as session:
+            integration = Integration(tenant_id=self.id, provider=provider, client_id="client-1",
+                                      client_secret_enc=self.stack.runtime.cipher.encrypt("client-secret-1"),
+                                      scopes=["contact:read"], authorize_url="https://93.184.215.14/authorize",
+                                      token_url=token_url)
+            session.add(integration)
+        return integration.id
+
+    def stored_connection(self, integration_id: str) -> str:
+        """An active connection with an hour-long token (`access-token-1`, refresh token
+        `refresh-token-1`), written straight to the database."""
+        now = utcnow()
+        cipher = self.stack.runtime.cipher
+        with self.stack.runtime.db.session() as session:
+            connection = Connection(tenant_id=self.id, integration_id=integration_id, end_user_id="user-1",
+                                    scopes=["contact:read"], access_token_enc=cipher.encrypt("access-token-1"),
+                                    refresh_token_enc=cipher.encrypt("refresh-token-1"), lifetime_seconds=3600,
+                                    expires_at=now + timedelta(hours=1), last_refreshed_at=now)
+            session.add(connection)
+        return connection.id
+
     def events(self, connection_id: str) -> list[str]:
         response = self.call("GET", f"/connections/{connection_id}/events")
         assert response.ok, response.text
@@ -225,8 +250,12 @@ class Browser:
 
         return wait_for(ended, timeout=timeout, interval=0.1, what="the attempt to end")
 
-    def connect(self, connect_url: str, decision: str = "approve") -> dict[str, Any]:
-        """The whole flow; return the ended attempt."""
-        response = self.callback(self.decide(self.open_connect(connect_url), decision))
+    def finish(self, authorize_url: str, decision: str = "approve") -> dict[str, Any]:
+        """The flow from the provider's page on; return the ended attempt."""
+        response = self.callback(self.decide(authorize_url, decision))
         assert response.status_code == 303, response.text
         return self.attempt(response.headers["Location"])
+
+    def connect(self, connect_url: str, decision: str = "approve") -> dict[str, Any]:
+        """The whole flow; return the ended attempt."""
+        return self.finish(self.open_connect(connect_url), decision)

@@ -1,15 +1,15 @@
 """The connect flow end to end: browser, web, Redis, worker processes and the sandbox provider."""
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Callable, Iterator
 from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
 import requests
-from sqlalchemy import inspect, select, text
+from sqlalchemy import select
 
+from tests.integration import leaks
 from tests.integration.stack import Browser, Stack, wait_for
 
 pytestmark = pytest.mark.integration
@@ -147,17 +147,34 @@ def test_a_connect_link_works_once_only(stack: Stack) -> None:
     assert unknown.status_code == 404
 
 
-def test_an_issuer_mismatch_fails_the_attempt(stack: Stack) -> None:
+def test_an_issuer_mismatch_fails_the_attempt_with_no_exchange(stack: Stack) -> None:
     # A sandbox integration always names the sandbox as its issuer: a callback that
     # claims another issuer (RFC 9207, a mix-up attack) must fail the attempt.
     tenant = stack.tenant()
-    _, integration = tenant.sandbox_integration()
+    client, integration = tenant.sandbox_integration()
     browser = Browser(stack)
     callback = urlsplit(browser.decide(browser.open_connect(tenant.connect_url(integration["id"]))))
     query = [(k, "https://someone-else.example" if k == "iss" else v) for k, v in parse_qsl(callback.query)]
     response = browser.callback(urlunsplit(callback._replace(query=urlencode(query))))
     assert response.status_code == 303, response.text
     assert browser.attempt(response.headers["Location"]) == {"status": "failed", "error": "issuer_mismatch"}
+    assert stack.sandbox_stats(client["client_id"])["token_requests"]["authorization_code"] == 0
+    assert tenant.call("GET", "/connections").json()["data"] == []
+
+
+def test_a_missing_issuer_fails_the_attempt_when_the_integration_names_one(stack: Stack) -> None:
+    tenant = stack.tenant()
+    client, integration = tenant.sandbox_integration()
+    assert integration["issuer"] == f"{stack.base_url}/sandbox"
+    browser = Browser(stack)
+    callback = urlsplit(browser.decide(browser.open_connect(tenant.connect_url(integration["id"]))))
+    query = [(name, value) for name, value in parse_qsl(callback.query) if name != "iss"]
+    assert len(query) == len(parse_qsl(callback.query)) - 1, "the sandbox sends iss"
+    response = browser.callback(urlunsplit(callback._replace(query=urlencode(query))))
+    assert response.status_code == 303, response.text
+    assert browser.attempt(response.headers["Location"]) == {"status": "failed", "error": "issuer_mismatch"}
+    assert stack.sandbox_stats(client["client_id"])["token_requests"]["authorization_code"] == 0
+    assert tenant.call("GET", "/connections").json()["data"] == []
 
 
 def test_callback_and_status_pages_leak_no_referrer(stack: Stack) -> None:
@@ -173,65 +190,6 @@ def test_callback_and_status_pages_leak_no_referrer(stack: Stack) -> None:
         assert loader not in page.text
 
 
-def _kombu_bodies(raw: str) -> list[str]:
-    """The decoded bodies of the Celery messages in a Redis value: the broker keeps a
-    message's body base64-encoded (queued messages as the envelope, unacked ones as
-    [envelope, exchange, routing_key]), so a plain scan would miss what it carries."""
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return []
-    found: list[str] = []
-    todo = [value]
-    while todo:
-        item = todo.pop()
-        if isinstance(item, list):
-            todo.extend(item)
-        elif isinstance(item, dict):
-            body = item.get("body")
-            if isinstance(body, str) and (item.get("properties") or {}).get("body_encoding") == "base64":
-                found.append(base64.b64decode(body).decode(errors="replace"))
-            todo.extend(v for v in item.values() if isinstance(v, (list, dict)))
-    return found
-
-
-def _redis_values(stack: Stack) -> list[str]:
-    """Every key and value of the stack's Redis database, Celery message bodies decoded."""
-    chunks: list[str] = []
-    r = stack.runtime.redis
-    for key in r.scan_iter(count=1000):
-        kind = r.type(key).decode()
-        chunks.append(key.decode(errors="replace"))
-        values: list[str] = []
-        if kind == "string":
-            values.append(r.get(key).decode(errors="replace"))
-        elif kind == "hash":
-            for k, v in r.hgetall(key).items():
-                values.extend([k.decode(errors="replace"), v.decode(errors="replace")])
-        elif kind == "list":
-            values.extend(v.decode(errors="replace") for v in r.lrange(key, 0, -1))
-        elif kind in ("set", "zset"):
-            members = r.smembers(key) if kind == "set" else r.zrange(key, 0, -1)
-            values.extend(m.decode(errors="replace") for m in members)
-        elif kind == "stream":
-            values.extend(repr(entry) for entry in r.xrange(key))
-        for value in values:
-            chunks.append(value)
-            chunks.extend(_kombu_bodies(value))
-    return chunks
-
-
-def _everything_stored(stack: Stack) -> str:
-    """Every value in every table and every Redis key of the tests' database, as one text."""
-    chunks: list[str] = []
-    with stack.runtime.db.engine.connect() as connection:
-        for table in inspect(connection).get_table_names():
-            for row in connection.execute(text(f"SELECT * FROM {table}")):
-                chunks.extend(str(value) for value in row)
-    chunks.extend(_redis_values(stack))
-    return "\n".join(chunks)
-
-
 def _queued_exchanges(stack: Stack) -> list[list]:
     """The args of every `connect.exchange_code` message waiting in a queue."""
     r = stack.runtime.redis
@@ -245,7 +203,7 @@ def _queued_exchanges(stack: Stack) -> list[list]:
             except ValueError:
                 continue
             if isinstance(envelope, dict) and (envelope.get("headers") or {}).get("task") == "connect.exchange_code":
-                found.append(json.loads(_kombu_bodies(raw.decode())[0])[0])
+                found.append(json.loads(leaks.kombu_bodies(raw.decode())[0])[0])
     return found
 
 
@@ -281,10 +239,9 @@ def test_no_token_code_or_secret_is_stored_in_plaintext(idle_stack: Stack) -> No
 
     # No worker runs: the exchange waits in the broker, carrying the attempt id alone.
     assert _queued_exchanges(stack) == [[attempt_id]]
-    queued = _everything_stored(stack)
-    for secret in (code, verifier, connect_token):
-        assert len(secret) >= 16
-        assert secret not in queued
+    leaks.assert_nowhere({name: leaks.forms(secret) for name, secret in
+                          (("code", code), ("verifier", verifier), ("connect token", connect_token))},
+                         {"the database and Redis": leaks.everything_stored(stack)})
 
     stack.start_worker("w1")
     attempt = browser.attempt(response.headers["Location"], timeout=30)
@@ -295,14 +252,13 @@ def test_no_token_code_or_secret_is_stored_in_plaintext(idle_stack: Stack) -> No
         stored = session.scalar(select(Connection).where(Connection.id == attempt["connection_id"]))
         refresh_token = stack.runtime.cipher.decrypt(stored.refresh_token_enc)
 
-    everything = _everything_stored(stack)
-    logs = "\n".join(process.output() for process in stack.processes)
-    assert "w1" in [process.name for process in stack.processes] and "web" in [p.name for p in stack.processes]
-    for secret in (access_token, refresh_token, code, verifier, connect_token, client["client_secret"],
-                   tenant.api_key):
-        assert len(secret) >= 16
-        assert secret not in everything
-        assert secret not in logs
+    secrets = {name: leaks.forms(secret) for name, secret in (
+        ("access token", access_token), ("refresh token", refresh_token), ("code", code),
+        ("verifier", verifier), ("connect token", connect_token), ("client secret", client["client_secret"]),
+        ("API key", tenant.api_key))}
+    secrets["client credentials"] = leaks.basic_forms(client["client_id"], client["client_secret"])
+    leaks.assert_nowhere(secrets, {"the database and Redis": leaks.everything_stored(stack),
+                                   "the logs": leaks.logs(stack, ["web", "w1"])})
 
 
 def test_the_connect_link_token_never_reaches_a_log(stack: Stack) -> None:

@@ -17,8 +17,16 @@ pytestmark = pytest.mark.integration
 
 
 def _due_connection(stack: Stack, tenant: Tenant, lifetime: int = 2) -> tuple[dict[str, Any], str]:
-    """A connection whose token lives `lifetime` seconds, so it is due after half of it."""
-    client, connection_id = tenant.connected(client={"access_token_ttl": lifetime})
+    """A connection whose first token lives `lifetime` seconds, so it is due after half
+    of it; the provider's next tokens live an hour (the default), so a refreshed
+    connection is never due again while a test looks at it."""
+    client, integration = tenant.sandbox_integration()
+    stack.knobs(client["client_id"], access_token_ttl=lifetime)
+    attempt = Browser(stack).connect(tenant.connect_url(integration["id"]))
+    assert attempt["status"] == "succeeded", attempt
+    connection_id = attempt["connection_id"]
+    stack.knobs(client["client_id"])
+    assert stack.row(connection_id).lifetime_seconds == lifetime
     wait_for(lambda: time.time() >= stack.row(connection_id).expires_at.timestamp() - lifetime / 2,
              what="the connection to be due")
     return client, connection_id
@@ -60,6 +68,7 @@ def test_two_hundred_concurrent_token_and_refresh_calls_make_one_provider_call(s
     assert stack.sandbox_stats(client["client_id"])["grants_revoked"] == 0
     assert stack.introspect(client, new_token)["active"] is True
     assert stack.row(connection_id).version == old.version + 1
+    assert stack.row(connection_id).lifetime_seconds == 3600
     assert tenant.events(connection_id) == ["created", "refreshed"]
 
 

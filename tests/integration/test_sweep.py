@@ -3,13 +3,16 @@ each queued once, by one beat among several."""
 from __future__ import annotations
 
 import re
+import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import datetime
 
 import pytest
 
 from tests.integration.conftest import StackFactory
 from tests.integration.stack import BIN, Browser, Process, Stack, wait_for
+from worker.app import BEAT_LOCK_SECONDS
 
 pytestmark = pytest.mark.integration
 
@@ -22,16 +25,60 @@ def swept(stack_factory: StackFactory) -> Iterator[Stack]:
     stack.stop_all()
 
 
-def _start_beat(stack: Stack, name: str) -> Process:
-    return stack.spawn(name, [str(BIN / "celery"), "-A", "worker", "beat", "--loglevel", "INFO",
-                              "--schedule", str(stack.logdir / f"{name}.schedule")])
+STAMP = re.compile(r"(\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d[,.]\d+)")
+
+
+@pytest.fixture
+def start_beat(swept: Stack) -> Iterator[Callable[[str], Process]]:
+    """Starts beat processes (logging at DEBUG, to show a waiting one is alive); they
+    are stopped when the test ends, whatever happened."""
+    started: list[Process] = []
+
+    def start(name: str) -> Process:
+        process = swept.spawn(name, [str(BIN / "celery"), "-A", "worker", "beat", "--loglevel", "DEBUG",
+                                     "--schedule", str(swept.logdir / f"{name}.schedule")], {"LOG_LEVEL": "DEBUG"})
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def _send_times(process: Process) -> list[datetime]:
+    """When this beat sent the sweep, from the time stamps of its log lines (JSON or text)."""
+    times = []
+    for line in process.output().splitlines():
+        if "Sending due task sweep-due" in line:
+            stamp = STAMP.search(line)
+            assert stamp, f"a log line without its time: {line}"
+            times.append(datetime.fromisoformat(stamp.group(1).replace(",", ".")).replace(tzinfo=None))
+    return times
 
 
 def _sends(process: Process) -> int:
-    return len(re.findall(r"Sending due task sweep-due", process.output()))
+    return len(_send_times(process))
 
 
-def test_due_connections_are_refreshed_before_expiry_once_each_by_one_beat(swept: Stack) -> None:
+def _waiting_for_the_lock(process: Process) -> bool:
+    """Alive, started, and blocked on RedBeat's lock rather than sending."""
+    log = process.output()
+    return (process.popen.poll() is None and "beat: Starting..." in log and "beat: Acquiring lock" in log
+            and "beat: Acquired lock" not in log)
+
+
+def _sender_and_waiter(beats: list[Process]) -> tuple[Process, Process]:
+    """Wait until one beat sends while the other, alive, waits; return them in that order."""
+    wait_for(lambda: any(_sends(beat) >= 3 for beat in beats), timeout=30, what="a beat to send")
+    sender, waiter = sorted(beats, key=_sends, reverse=True)
+    assert sender.popen.poll() is None, sender.output()
+    assert _waiting_for_the_lock(waiter), waiter.output()
+    assert _sends(waiter) == 0
+    return sender, waiter
+
+
+def test_due_connections_are_refreshed_before_expiry_once_each_by_one_beat(
+        swept: Stack, start_beat: Callable[[str], Process]) -> None:
     stack = swept
     tenant = stack.tenant()
     # `due`: a 10 s token, due after 5 s; the provider then takes 2.5 s to answer,
@@ -47,7 +94,7 @@ def test_due_connections_are_refreshed_before_expiry_once_each_by_one_beat(swept
     fresh_client, fresh = other.connected()  # a 1 h token: not due for 50 minutes
     before_refreshes = stack.provider_refreshes(due_client["client_id"])
 
-    beats = [_start_beat(stack, "beat1"), _start_beat(stack, "beat2")]
+    beats = [start_beat("beat1"), start_beat("beat2")]
     wait_for(lambda: stack.row(due).version > original.version, timeout=20, interval=0.2,
              what="the sweep to refresh the due connection")
     refreshed = stack.row(due)
@@ -64,5 +111,21 @@ def test_due_connections_are_refreshed_before_expiry_once_each_by_one_beat(swept
     assert stack.provider_refreshes(fresh_client["client_id"]) == 0
     assert other.events(fresh) == ["created"]
 
-    sends = sorted(_sends(beat) for beat in beats)
-    assert sends[0] == 0 and sends[1] >= 5, f"exactly one beat sweeps, got {sends}"
+    sender, waiter = _sender_and_waiter(beats)  # both alive: a crashed beat would also send nothing
+    assert _sends(sender) >= 5 and _sends(waiter) == 0
+
+
+def test_when_the_sending_beat_dies_the_other_takes_over_within_the_lock_timeout(
+        swept: Stack, start_beat: Callable[[str], Process]) -> None:
+    beats = [start_beat("beat-a"), start_beat("beat-b")]
+    sender, waiter = _sender_and_waiter(beats)
+    assert 0 < swept.runtime.redis.pttl("redbeat::lock") <= BEAT_LOCK_SECONDS * 1000
+
+    sender.stop(signal.SIGKILL)  # no release: the lock must expire
+    killed = time.monotonic()
+    wait_for(lambda: _sends(waiter) >= 1, timeout=BEAT_LOCK_SECONDS + 30, interval=0.2,
+             what="the waiting beat to take over")
+    took = time.monotonic() - killed
+    assert took <= BEAT_LOCK_SECONDS + 5, f"took over after {took:.1f}s"
+    wait_for(lambda: _sends(waiter) >= 3, timeout=20, what="the new sender to keep sending")
+    assert max(_send_times(sender)) < min(_send_times(waiter)), "the two beats never sent at the same time"

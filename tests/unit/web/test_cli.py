@@ -8,6 +8,7 @@ from sqlalchemy import inspect, select, text
 
 from shared.crypto import Cipher, digest, new_fernet_key
 from shared.models import Connection, Integration, Tenant
+from shared.nonces import PendingState
 from shared.runtime import Runtime
 from tests.conftest import make_settings
 from web import create_app
@@ -214,3 +215,20 @@ def test_tenants_list_prints_one_json_object_per_tenant_and_never_a_key(memory_r
 def test_tenants_list_with_no_tenant_prints_nothing(memory_runtime: Runtime) -> None:
     result = create_app(runtime_=memory_runtime).test_cli_runner().invoke(args=["tenants", "list"])
     assert result.exit_code == 0 and result.output == ""
+
+
+def test_keys_rotate_also_reseals_connect_flows_under_way(memory_runtime: Runtime) -> None:
+    key_a = memory_runtime.settings.token_encryption_keys
+    pending = PendingState(session_id="cs_1", integration_id="int_1", code_verifier="v" * 43, binding_hash="b" * 64)
+    memory_runtime.states.put("state-1", pending)
+    memory_runtime.codes.put("att_1", "code-1", "v" * 43)
+    key_b = new_fernet_key()
+
+    rotating = _runtime_with_keys(memory_runtime, f"{key_b},{key_a}")
+    result = create_app(runtime_=rotating).test_cli_runner().invoke(args=["keys", "rotate"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == {"reencrypted": 2}
+
+    only_b = _runtime_with_keys(memory_runtime, key_b)
+    assert only_b.states.consume("state-1") == pending
+    assert only_b.codes.take("att_1") == ("code-1", "v" * 43)

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import fakeredis
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import update
 
-from shared.queue import DEFAULT_QUEUE, WEBHOOK_QUEUE
+from shared.models import Connection
+from shared.queue import DEFAULT_QUEUE, INTERACTIVE_QUEUE, WEBHOOK_QUEUE
 from shared.runtime import Runtime
 from tests.conftest import seed_connections
 from web import create_app
@@ -16,10 +18,15 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def test_metrics_count_connections_the_backlog_and_the_queues(memory_runtime: Runtime) -> None:
-    seed_connections(memory_runtime, [-10, 30, 5000, None])
-    seed_connections(memory_runtime, [10], status="needs_reauth")
+    active = seed_connections(memory_runtime, [-10, 30, 5000, None])
+    reauth = seed_connections(memory_runtime, [10], status="needs_reauth")
+    with memory_runtime.db.session() as session:
+        # Two with failures: the active one is failing, the one needing reauth is not counted.
+        session.execute(update(Connection).where(Connection.id.in_([active[2], reauth[0]]))
+                        .values(refresh_failures=3))
     memory_runtime.redis.rpush(DEFAULT_QUEUE, "m1", "m2")
-    memory_runtime.redis.rpush(WEBHOOK_QUEUE, "m3")
+    memory_runtime.redis.rpush(INTERACTIVE_QUEUE, "m3")
+    memory_runtime.redis.rpush(WEBHOOK_QUEUE, "m4", "m5", "m6")
     response = create_app(runtime_=memory_runtime).test_client().get("/metrics")
     assert response.status_code == 200 and response.mimetype == "text/plain"
     samples = _samples(response.get_data(as_text=True))
@@ -27,10 +34,10 @@ def test_metrics_count_connections_the_backlog_and_the_queues(memory_runtime: Ru
     assert samples[("oauth_connections", (("status", "needs_reauth"),))] == 1
     assert samples[("oauth_connections", (("status", "revoked"),))] == 0
     assert samples[("oauth_connections_expiring", ())] == 2
-    assert samples[("oauth_connections_failing", ())] == 0
+    assert samples[("oauth_connections_failing", ())] == 1
     assert samples[("oauth_queue_length", (("queue", "celery"),))] == 2
-    assert samples[("oauth_queue_length", (("queue", "interactive"),))] == 0
-    assert samples[("oauth_queue_length", (("queue", "webhooks"),))] == 1
+    assert samples[("oauth_queue_length", (("queue", "interactive"),))] == 1
+    assert samples[("oauth_queue_length", (("queue", "webhooks"),))] == 3
     assert samples[("oauth_webhook_deliveries_pending", ())] == 0
     assert any(name.startswith("process_") or name.startswith("python_") for name, _ in samples)
 
