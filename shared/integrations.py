@@ -15,7 +15,7 @@ from shared.config import Settings
 from shared.crypto import Cipher
 from shared.egress import Rules
 from shared.models import Integration
-from shared.providers import OAuthClient
+from shared.providers import OAuthClient, default_urls
 from shared.runtime import Runtime
 
 CACHE_SECONDS = 60.0
@@ -75,7 +75,18 @@ def egress_rules(settings: Settings, provider: str) -> Rules:
     return Rules.for_tenant_urls(provider == "sandbox" or settings.allow_private_provider_urls)
 
 
+def server_urls(settings: Settings, integration: Integration) -> tuple[str, str | None]:
+    """The token and revocation URLs the workers call. A sandbox integration always
+    calls the sandbox's own, whatever its row says: it is allowed private addresses
+    because those are this service's, so it must never be pointed anywhere else."""
+    if integration.provider == "sandbox":
+        own = default_urls("sandbox", settings.public_base_url)
+        return own["token_url"], own["revoke_url"]
+    return integration.token_url, integration.revoke_url
+
+
 def oauth_client(rt: Runtime, integration: Integration) -> OAuthClient:
     """The token-endpoint client of an integration, its secret decrypted in memory only."""
-    return _client(rt.cipher, integration.client_id, integration.client_secret_enc, integration.token_url,
+    token_url, _ = server_urls(rt.settings, integration)
+    return _client(rt.cipher, integration.client_id, integration.client_secret_enc, token_url,
                    integration.token_auth_method, egress_rules(rt.settings, integration.provider))

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select
 
 from shared import refreshes
-from shared.integrations import oauth_client
+from shared.integrations import oauth_client, server_urls
 from shared.models import Connection, Integration, utcnow
 from shared.providers import ProviderError
 from shared.providers import revoke as post_revoke
@@ -38,7 +38,8 @@ def backoff(retries: int) -> float:
 def revoke_at_provider(rt: Runtime, connection: Connection, integration: Integration) -> bool:
     """Post the refresh token, then the access token, to the revocation endpoint; True
     when one of them failed transiently (worth another try)."""
-    if not integration.revoke_url:
+    _, revoke_url = server_urls(rt.settings, integration)
+    if not revoke_url:
         return False
     client = oauth_client(rt, integration)
     transient = False
@@ -51,7 +52,7 @@ def revoke_at_provider(rt: Runtime, connection: Connection, integration: Integra
             log.warning("%s's %s is under no known key: it is erased without revocation", connection.id, hint)
             continue
         try:
-            post_revoke(client, integration.revoke_url, token=token, token_type_hint=hint,
+            post_revoke(client, revoke_url, token=token, token_type_hint=hint,
                         timeout=rt.settings.http_timeout_seconds)
         except ProviderError as error:
             log.warning("revocation of %s's %s failed: %s", connection.id, hint, error.error)
