@@ -9,8 +9,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from flask import Blueprint, Response, make_response, redirect, render_template, request
 from flask.typing import ResponseReturnValue
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import select
 
 from shared import pkce
 from shared.attempts import expire_if_stale
@@ -49,27 +48,32 @@ def _page(status: int, title: str, message: str) -> tuple[str, int]:
 
 @bp.get("/connect/<token>")
 def start(token: str) -> ResponseReturnValue:
-    """Claim the single-use link, remember the state, and send the browser to the provider."""
+    """Remember a fresh state and send the browser to the provider.
+
+    Opening the link does not spend it (a chat app's preview or a mail scanner opens
+    links too): every opening starts its own state, and the link is spent only when an
+    attempt through it succeeds (the exchange claims it)."""
     rt = runtime()
-    now = utcnow()
     token_hash = digest(token)
     with rt.db.session() as session:
-        claimed = session.execute(
-            update(ConnectSession)
-            .where(ConnectSession.token_hash == token_hash, ConnectSession.used_at.is_(None),
-                   ConnectSession.expires_at > now)
-            .values(used_at=now)
-            .returning(ConnectSession.id, ConnectSession.integration_id)
+        found = session.execute(
+            select(ConnectSession.id, ConnectSession.integration_id, ConnectSession.expires_at,
+                   ConnectSession.used_at)
+            .where(ConnectSession.token_hash == token_hash)
         ).first()
-        if claimed is None:
-            return _refused_link(session, token_hash)
-        target = targets.get(session, claimed.integration_id)
+        if found is None:
+            return _page(404, "Link not found", "This connect link is not valid. Ask the app for a new one.")
+        if found.used_at is not None:
+            return _page(410, "Link already used", "This connect link has been used. Ask the app for a new one.")
+        if found.expires_at <= utcnow():
+            return _page(410, "Link expired", "This connect link has expired. Ask the app for a new one.")
+        target = targets.get(session, found.integration_id)
         assert target is not None
 
     binding = request.cookies.get(BINDING_COOKIE) or new_secret(24)
     verifier = pkce.new_verifier()
     state = new_secret(32)
-    rt.states.put(state, PendingState(session_id=claimed.id, integration_id=target.id, code_verifier=verifier,
+    rt.states.put(state, PendingState(session_id=found.id, integration_id=target.id, code_verifier=verifier,
                                       binding_hash=digest(binding)))
     location = build_authorize_url(
         target.authorize_url,
@@ -84,17 +88,6 @@ def start(token: str) -> ResponseReturnValue:
     response.set_cookie(BINDING_COOKIE, binding, max_age=STATE_TTL_SECONDS, httponly=True, samesite="Lax",
                         secure=rt.settings.secure_cookies, path="/")
     return response
-
-
-def _refused_link(session: Session, token_hash: str) -> tuple[str, int]:
-    """The page that says why a link could not be claimed."""
-    found = session.execute(select(ConnectSession.expires_at, ConnectSession.used_at)
-                            .where(ConnectSession.token_hash == token_hash)).first()
-    if found is None:
-        return _page(404, "Link not found", "This connect link is not valid. Ask the app for a new one.")
-    if found.used_at is not None:
-        return _page(410, "Link already used", "This connect link has been used. Ask the app for a new one.")
-    return _page(410, "Link expired", "This connect link has expired. Ask the app for a new one.")
 
 
 def _provider_error(value: str) -> str:

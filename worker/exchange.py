@@ -5,7 +5,7 @@ import logging
 
 from sqlalchemy.orm import Session
 
-from shared.attempts import finish_attempt
+from shared.attempts import claim_link, finish_attempt
 from shared.integrations import oauth_client
 from shared.models import ConnectAttempt, Connection, ConnectSession, Integration
 from shared.providers import ProviderError, TokenSet
@@ -17,6 +17,8 @@ from worker.app import celery, runtime
 
 log = logging.getLogger(__name__)
 REAUTH_WRITE_ATTEMPTS = 5
+# The attempt failed because another attempt through the same link connected first.
+LINK_USED = "link_already_used"
 
 
 def _store(rt: Runtime, session: Session, connect_session: ConnectSession, tokens: TokenSet) -> str:
@@ -72,6 +74,10 @@ def _exchange(rt: Runtime, attempt_id: str) -> None:
         assert connect_session is not None  # rows are never deleted under an attempt
         integration = session.get(Integration, connect_session.integration_id)
         assert integration is not None
+        if connect_session.used_at is not None:  # another attempt through the link won already
+            finish_attempt(session, attempt_id, "failed", error=LINK_USED)
+            rt.codes.take(attempt_id)
+            return
         client = oauth_client(rt, integration)
         use_pkce = integration.pkce
     taken = rt.codes.take(attempt_id)
@@ -89,6 +95,12 @@ def _exchange(rt: Runtime, attempt_id: str) -> None:
             finish_attempt(session, attempt_id, "failed", error=error.error or "exchange_failed")
         return
     with rt.db.session() as session:
+        if not claim_link(session, connect_session.id):
+            # Another browser's attempt through the same link succeeded first: this
+            # grant is dropped, never stored, so the link makes one connection.
+            log.warning("attempt %s lost its connect link to another attempt", attempt_id)
+            finish_attempt(session, attempt_id, "failed", error=LINK_USED)
+            return
         connection_id = _store(rt, session, connect_session, tokens)
         finish_attempt(session, attempt_id, "succeeded", connection_id=connection_id)
     log.info("attempt %s connected %s", attempt_id, connection_id)
