@@ -4,6 +4,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from limits import parse_many
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -48,11 +49,27 @@ class Settings(BaseSettings):
     # stay above it, or a slow task would be handed to a second worker.
     task_time_limit_seconds: int = Field(default=120, ge=5)
     broker_visibility_timeout_seconds: int = Field(default=3600, ge=10)
+    # Rate limits (flask-limiter notation, e.g. "120/minute" or "10/second;500/hour"):
+    # per client address on the browser flow, per tenant on the API.
+    browser_rate_limit: str = "120/minute"
+    api_rate_limit: str = "6000/minute"
+    # How many proxies in front of the web add X-Forwarded-For: their entries are
+    # believed for the client address, nobody else's (0: the socket's peer).
+    trusted_proxy_count: int = Field(default=0, ge=0, le=10)
 
     @field_validator("public_base_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @field_validator("browser_rate_limit", "api_rate_limit")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        try:
+            parse_many(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a rate limit such as '120/minute'") from None
+        return value
 
     @model_validator(mode="after")
     def _visibility_above_time_limit(self) -> "Settings":
