@@ -7,19 +7,23 @@ from __future__ import annotations
 import re
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from flask import Blueprint, Response, make_response, redirect, render_template, request
+from flask import Blueprint, Response, redirect, render_template, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
 from shared import pkce
 from shared.attempts import expire_if_stale
 from shared.crypto import digest, new_secret, same
+from shared.enums import AttemptStatus
 from shared.integrations import TargetCache
 from shared.models import ConnectAttempt, ConnectSession, new_id, utcnow
 from shared.nonces import STATE_TTL_SECONDS, PendingState
 from shared.providers import build_authorize_url
 from shared.queue import EXCHANGE_CODE, INTERACTIVE_QUEUE
-from web import runtime
+from web import runtime, schemas
+from web.errors import ApiError
+from web.openapi import HTML, JSON, Answer, operation, page, redirect as redirect_answer
+from web.serializers import answer
 
 bp = Blueprint("connect", __name__)
 targets = TargetCache()
@@ -47,6 +51,11 @@ def _page(status: int, title: str, message: str) -> tuple[str, int]:
 
 
 @bp.get("/connect/<token>")
+@operation("startConnect", "browser", {
+    302: redirect_answer("To the provider's authorize page, with a fresh state", "the authorize URL"),
+    404: page("Unknown link"),
+    410: page("Expired link, or spent by a connect that succeeded through it"),
+})
 def start(token: str) -> ResponseReturnValue:
     """Remember a fresh state and send the browser to the provider.
 
@@ -95,6 +104,11 @@ def _provider_error(value: str) -> str:
 
 
 @bp.get("/oauth/callback")
+@operation("oauthCallback", "browser", {
+    303: redirect_answer("To the attempt's status page", "/connect/attempts/{id}"),
+    400: page("Unknown or used state, or another browser"),
+    404: page("The connect session is gone"),
+}, query=schemas.CallbackQuery)
 def callback() -> ResponseReturnValue:
     """Consume the state, check the browser and the issuer, then queue the exchange."""
     rt = runtime()
@@ -124,7 +138,7 @@ def callback() -> ResponseReturnValue:
             error = None
             rt.codes.put(attempt.id, args["code"], pending.code_verifier)
         if error:
-            attempt.status, attempt.error, attempt.finished_at = "failed", error, utcnow()
+            attempt.status, attempt.error, attempt.finished_at = AttemptStatus.FAILED, error, utcnow()
         session.add(attempt)
     if not error:
         rt.celery.send_task(EXCHANGE_CODE, args=[attempt.id], queue=INTERACTIVE_QUEUE, ignore_result=True)
@@ -143,6 +157,12 @@ def _return_location(return_url: str, attempt: ConnectAttempt) -> str:
 
 
 @bp.get("/connect/attempts/<attempt_id>")
+@operation("getConnectAttempt", "browser", {
+    200: Answer("The attempt: a page, or JSON with Accept: application/json", {HTML: None, JSON: schemas.Attempt}),
+    303: redirect_answer("The attempt ended: back to the session's return_url",
+                         "return_url with connection_id, status and error"),
+    404: Answer("No such attempt", {HTML: None, JSON: schemas.Error}, ("not_found",)),
+})
 def attempt_status(attempt_id: str) -> ResponseReturnValue:
     """The attempt as JSON, or a page that refreshes until it ends and then returns to the app."""
     with runtime().db.session() as session:
@@ -153,12 +173,10 @@ def attempt_status(attempt_id: str) -> ResponseReturnValue:
     wants_json = request.accept_mimetypes.best_match(["text/html", "application/json"]) == "application/json"
     if attempt is None or connect_session is None:
         if wants_json:
-            return make_response({"error": {"code": "not_found", "message": "attempt not found"}}, 404)
+            return ApiError(404, "not_found", "attempt not found").response()
         return _page(404, "Not found", "There is no such sign-in.")
     if wants_json:
-        body = {"status": attempt.status}
-        body.update({k: v for k, v in (("connection_id", attempt.connection_id), ("error", attempt.error)) if v})
-        return make_response(body, 200)
-    if attempt.status != "pending" and connect_session.return_url:
+        return answer(schemas.Attempt.model_validate(attempt), exclude_none=True)
+    if attempt.status != AttemptStatus.PENDING and connect_session.return_url:
         return redirect(_return_location(connect_session.return_url, attempt), 303)
     return render_template("attempt.html", attempt=attempt), 200

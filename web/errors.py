@@ -1,16 +1,17 @@
 """API errors: JSON with a stable code, as the contract fixes it."""
 from __future__ import annotations
 
-from typing import Any
+from flask import Response
 
-from flask import Response, jsonify
+from web.schemas import Error, ErrorBody, FieldError
+from web.serializers import answer
 
 
 class ApiError(Exception):
     """An error answered as `{"error": {"code", "message"}}`."""
 
     def __init__(self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None,
-                 details: Any = None) -> None:
+                 details: list[dict[str, str]] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
@@ -20,11 +21,9 @@ class ApiError(Exception):
 
     def response(self) -> Response:
         """The JSON response of this error."""
-        body: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.details is not None:
-            body["details"] = self.details
-        response = jsonify({"error": body})
-        response.status_code = self.status
+        details = [FieldError(**item) for item in self.details] if self.details is not None else None
+        response = answer(Error(error=ErrorBody(code=self.code, message=self.message, details=details)),
+                          self.status, exclude_none=True)
         response.headers.update(self.headers)
         return response
 
