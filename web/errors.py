@@ -1,7 +1,8 @@
 """API errors: JSON with a stable code, as the contract fixes it."""
 from __future__ import annotations
 
-from flask import Response
+from flask import Response, request
+from werkzeug.exceptions import BadRequest
 
 from web.schemas import Error, ErrorBody, FieldError
 from web.serializers import answer
@@ -31,3 +32,12 @@ class ApiError(Exception):
 def not_found(what: str) -> ApiError:
     """404 for an unknown id and for another tenant's id alike."""
     return ApiError(404, "not_found", f"{what} not found")
+
+
+def refuse_undecodable_query() -> None:
+    """400 (a page, or JSON under /api) for a query string whose raw bytes are not UTF-8,
+    which Flask would otherwise fail to parse with a 500."""
+    try:
+        request.query_string.decode()
+    except UnicodeDecodeError:
+        raise BadRequest("The query string is not valid UTF-8.") from None
