@@ -6,7 +6,7 @@ import json
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
@@ -14,13 +14,12 @@ from werkzeug.exceptions import HTTPException
 
 from shared.crypto import digest, new_secret
 from shared.egress import ForbiddenAddress, check_public
-from shared.integrations import public_only
 from shared.enums import ProviderKind
+from shared.integrations import public_only
 from shared.models import Connection, ConnectSession, Event, Integration, utcnow
 from shared.providers import default_urls
-from web import runtime
+from web import runtime, schemas
 from web.auth import authenticate
-from web import schemas
 from web.errors import ApiError, not_found
 from web.openapi import document, ok, operation
 from web.openapi import error as error_answer
@@ -253,7 +252,7 @@ def _token_response(connection_id: str, force: bool) -> Response:
     """The token answer, never cached by a client or proxy."""
     with runtime().db.session() as session:
         connection = _owned(session, Connection, connection_id, "connection")
-    response = current_app.json.response(fresh_token(connection, force))
+    response = jsonify(fresh_token(connection, force))
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -280,4 +279,4 @@ def refresh_connection(connection_id: str) -> Response:
 @operation("getOpenApi", "meta", {200: ok(schemas.OpenApiDocument, "This document")}, public=True)
 def openapi() -> Response:
     """The OpenAPI 3.1 document of this service (no key needed)."""
-    return current_app.json.response(document(current_app))
+    return jsonify(document(current_app))

@@ -22,7 +22,8 @@ from shared.providers import build_authorize_url
 from shared.queue import EXCHANGE_CODE, INTERACTIVE_QUEUE
 from web import runtime, schemas
 from web.errors import ApiError
-from web.openapi import HTML, JSON, Answer, operation, page, redirect as redirect_answer
+from web.openapi import HTML, JSON, Answer, operation, page
+from web.openapi import redirect as redirect_answer
 from web.serializers import answer
 
 bp = Blueprint("connect", __name__)
@@ -146,7 +147,7 @@ def callback() -> ResponseReturnValue:
 
 
 def _return_location(return_url: str, attempt: ConnectAttempt) -> str:
-    params = {"status": attempt.status}
+    params: dict[str, str] = {"status": attempt.status}
     if attempt.connection_id:
         params["connection_id"] = attempt.connection_id
     if attempt.error:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import time
 
-from flask import Flask, Response, current_app, g, render_template, request
+from flask import Blueprint, Flask, Response, current_app, g, render_template, request
 from flask_limiter import Limiter
 from flask_limiter.errors import RateLimitExceeded
 from flask_limiter.util import get_remote_address
@@ -31,8 +31,8 @@ def tenant_key() -> str:
     return f"tenant:{g.tenant_id}"
 
 
-def init_limits(app: Flask, rt: Runtime, browser: list[str], api: list[str]) -> Limiter:
-    """Limit the blueprints named in `browser` per client address and those in `api` per tenant."""
+def init_limits(app: Flask, rt: Runtime, browser: list[Blueprint], api: list[Blueprint]) -> Limiter:
+    """Limit the `browser` blueprints per client address and the `api` ones per tenant."""
     settings = rt.settings
     if settings.trusted_proxy_count:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxy_count)  # type: ignore[method-assign]
@@ -47,10 +47,10 @@ def init_limits(app: Flask, rt: Runtime, browser: list[str], api: list[str]) -> 
     )
     limiter.init_app(app)
     for blueprint in browser:
-        limiter.shared_limit(settings.browser_rate_limit, scope="browser")(app.blueprints[blueprint])
+        limiter.shared_limit(settings.browser_rate_limit, scope="browser")(blueprint)
     for blueprint in api:
         limiter.shared_limit(settings.api_rate_limit, scope="api", key_func=tenant_key,
-                             exempt_when=lambda: request.endpoint == "api.openapi")(app.blueprints[blueprint])
+                             exempt_when=lambda: request.endpoint == "api.openapi")(blueprint)
     app.register_error_handler(RateLimitExceeded, too_many_requests)
     app.extensions["rate_limits"] = limiter
     return limiter

@@ -9,11 +9,12 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
+from shared.enums import ConnectionStatus
 from shared.models import Connection, utcnow
 from shared.queue import DEFAULT_QUEUE, INTERACTIVE_QUEUE
 from shared.runtime import Runtime
 
-STATUSES = ("active", "needs_reauth", "revoked")
+STATUSES = tuple(ConnectionStatus)
 
 
 class StateCollector(Collector):

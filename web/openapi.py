@@ -158,7 +158,7 @@ def _query_parameters(query: type[BaseModel], models: _Models) -> list[Schema]:
 
 def _answer(answer: Answer, models: _Models) -> Schema:
     result: Schema = {"description": answer.description}
-    content = {}
+    content: Schema = {}
     for media, model in answer.content.items():
         if model is None:
             content[media] = {"schema": {"type": "string"}}

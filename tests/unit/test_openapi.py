@@ -13,12 +13,12 @@ from flask import Blueprint, Flask
 from pydantic import BaseModel
 
 from shared.enums import AttemptStatus, ConnectionStatus, EventType, ProviderKind, TokenAuthMethod
-from shared.models import Connection, ConnectAttempt, Event, Integration, utcnow
+from shared.models import ConnectAttempt, Connection, Event, Integration, utcnow
 from shared.runtime import Runtime
 from shared.tenants import create_tenant
 from shared.tokens import record_event
-from web import create_app, schemas
-from web.openapi import document, ok, operation
+from web import create_app, openapi, schemas
+from web.openapi import document, ok
 
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 AUTOMATIC = {"HEAD", "OPTIONS"}  # Flask adds these to every rule
@@ -201,7 +201,7 @@ def test_a_new_route_is_one_decorated_view_and_its_models(memory_runtime: Runtim
     extra = Blueprint("api_extra", __name__, url_prefix="/api/v1")
 
     @extra.get("/widgets/<widget_id>")
-    @operation("getWidget", "widgets", {200: ok(Widget, "The widget")})
+    @openapi.operation("getWidget", "widgets", {200: ok(Widget, "The widget")})
     def get_widget(widget_id: str) -> dict[str, str]:
         """One widget."""
         return {"id": widget_id}
