@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from limits import parse_many
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -56,6 +57,18 @@ class Settings(BaseSettings):
     # How many proxies in front of the web add X-Forwarded-For: their entries are
     # believed for the client address, nobody else's (0: the socket's peer).
     trusted_proxy_count: int = Field(default=0, ge=0, le=10)
+    # One JSON object per log line for collectors; plain text in `make dev`.
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # When set, /metrics answers only to `Authorization: Bearer <METRICS_TOKEN>`.
+    metrics_token: str | None = Field(default=None, min_length=16)
+    # Each worker serves its own metrics on this port (off when unset).
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+
+    @field_validator("metrics_token", "worker_metrics_port", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("public_base_url")
     @classmethod

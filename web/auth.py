@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from flask import g, request
 
+from shared import logs
 from shared.tenants import tenant_for_key
 from web import runtime
 from web.errors import ApiError
@@ -21,3 +22,4 @@ def authenticate() -> None:
             raise ApiError(401, "unauthorized", "unknown API key",
                            headers={"WWW-Authenticate": 'Bearer realm="api", error="invalid_token"'})
         g.tenant_id = tenant.id
+    logs.bind(tenant_id=g.tenant_id)
