@@ -37,16 +37,17 @@ def create_app(settings: Settings | None = None, runtime_: Runtime | None = None
     app.extensions["metrics"] = CollectorRegistry(auto_describe=False)
     app.extensions["metrics"].register(StateCollector(rt))
 
-    from web import api, cli, connect, ops
+    from web import api, cli, connect, ops, webhooks
     from web.errors import refuse_undecodable_query
     from web.limits import init_limits
 
     app.register_blueprint(connect.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(webhooks.bp)
     app.register_blueprint(ops.bp)
     app.register_error_handler(HTTPException, api.api_http_error)
     app.before_request(refuse_undecodable_query)
-    init_limits(app, rt, browser=[connect.bp], api=[api.bp])
+    init_limits(app, rt, browser=[connect.bp], api=[api.bp, webhooks.bp])
     if settings.sandbox_provider:
         from web import sandbox
 

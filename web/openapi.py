@@ -4,7 +4,7 @@ A view documents itself with `@operation(...)`: its id, tag, answers by status (
 naming a model), and its body and query models. The generator walks the app's url_map,
 so a documented route's path, method and path parameters come from Flask itself, and
 every schema comes from pydantic (`$defs` become `components/schemas`). What every
-operation of a blueprint shares (the API key, 401, 429, the body errors) is added here."""
+operation under a prefix shares (the API key, 401, 429, the body errors) is added here."""
 from __future__ import annotations
 
 import re
@@ -72,12 +72,14 @@ BODY_ERRORS = {
     413: error("The body is larger than 256 KiB", "request_entity_too_large"),
     422: error("Fields are missing or invalid; `details` names each", "invalid_fields"),
 }
-# What every operation of a blueprint answers besides its own (public ones excepted).
-BLUEPRINT_ANSWERS: dict[str, dict[int, Answer]] = {
-    "api": {401: UNAUTHORIZED, 429: RATE_LIMITED},
-    "connect": {429: RATE_LIMITED_PAGE},
+# What every operation under a path prefix answers besides its own (public ones excepted);
+# those under the API's prefix also need the bearer API key.
+PREFIX_ANSWERS: dict[str, dict[int, Answer]] = {
+    "/api/v1/": {401: UNAUTHORIZED, 429: RATE_LIMITED},
+    "/connect/": {429: RATE_LIMITED_PAGE},
+    "/oauth/callback": {429: RATE_LIMITED_PAGE},
 }
-SECURED_BLUEPRINTS = frozenset({"api"})
+SECURED_PREFIX = "/api/v1/"
 
 
 @dataclass(frozen=True)
@@ -176,10 +178,12 @@ def _answer(answer: Answer, models: _Models) -> Schema:
     return result
 
 
-def _operation(op: Operation, blueprint: str, models: _Models) -> Schema:
+def _operation(op: Operation, path: str, models: _Models) -> Schema:
     answers = dict(op.answers)
     if not op.public:
-        answers = {**BLUEPRINT_ANSWERS.get(blueprint, {}), **answers}
+        for prefix, shared in PREFIX_ANSWERS.items():
+            if path.startswith(prefix):
+                answers = {**shared, **answers}
     result: Schema = {"operationId": op.operation_id, "tags": [op.tag], "summary": op.summary}
     if op.query is not None:
         result["parameters"] = _query_parameters(op.query, models)
@@ -187,7 +191,7 @@ def _operation(op: Operation, blueprint: str, models: _Models) -> Schema:
         answers = {**BODY_ERRORS, **answers}
         result["requestBody"] = {"required": True, "content": {JSON: {"schema": models.ref(op.body, "validation")}}}
     result["responses"] = {str(status): _answer(answers[status], models) for status in sorted(answers)}
-    if blueprint in SECURED_BLUEPRINTS and not op.public:
+    if path.startswith(SECURED_PREFIX) and not op.public:
         result["security"] = [{"bearerAuth": []}]
     return result
 
@@ -205,9 +209,8 @@ def _generate(app: Flask) -> dict[str, Any]:
         if names:
             item["parameters"] = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
                                   for name in names]
-        blueprint = rule.endpoint.rpartition(".")[0]
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
-            item[method.lower()] = _operation(op, blueprint, models)
+            item[method.lower()] = _operation(op, path, models)
     return {
         "openapi": "3.1.0",
         "info": {"title": "OAuth token service", "version": "1"},

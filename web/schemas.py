@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from shared.enums import AttemptStatus, ConnectionStatus, EventType, ProviderKind, TokenAuthMethod
 
@@ -76,6 +76,13 @@ class ConnectSessionIn(Body):
 
     _return_url = field_validator("return_url")(_absolute_http_url)
 
+class WebhookIn(Body):
+    """`PUT /api/v1/webhook`."""
+
+    url: str = Field(max_length=2000)
+    rotate_secret: StrictBool = False
+
+    _url = field_validator("url")(_absolute_http_url)
 
 
 # --- query strings -----------------------------------------------------------------
@@ -103,6 +110,16 @@ class ConnectionsQuery(Query):
     @classmethod
     def _clamp(cls, value: int) -> int:
         return min(max(value, 1), PAGE_LIMIT_MAX)
+
+
+class DeliveriesQuery(Query):
+    """`GET /api/v1/webhook/deliveries`."""
+
+    limit: int = Field(default=PAGE_LIMIT_DEFAULT, description=f"page size; values outside 1..{PAGE_LIMIT_MAX} "
+                                                               "are clamped")
+    cursor: str | None = Field(default=None, description="the next_cursor of the previous page")
+
+    _clamp = field_validator("limit")(lambda value: min(max(value, 1), PAGE_LIMIT_MAX))
 
 
 class CallbackQuery(Query):
@@ -223,6 +240,40 @@ class EventList(Answer):
     """A connection's history, oldest first."""
 
     data: list[Event]
+
+
+class Webhook(Answer):
+    """The tenant's webhook URL (null when none is set), never its secret."""
+
+    url: Url | None
+
+
+class WebhookWithSecret(Answer):
+    """The webhook URL and its signing secret."""
+
+    url: Url
+    secret: str
+
+
+class Delivery(Answer):
+    """One webhook delivery: its event, attempts and outcome."""
+
+    id: str
+    event_id: str
+    type: str = Field(description="the webhook event type, e.g. connection.created")
+    attempts: int = Field(ge=0)
+    last_status: int | None
+    last_error: str | None
+    delivered_at: datetime | None
+    next_attempt_at: datetime | None
+    created_at: datetime
+
+
+class DeliveryPage(Answer):
+    """A page of deliveries, newest first."""
+
+    data: list[Delivery]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last page")
 
 
 class Attempt(Answer):

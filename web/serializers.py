@@ -48,3 +48,8 @@ def connection_out(connection: models.Connection) -> schemas.Connection:
 def event_out(event: models.Event) -> schemas.Event:
     """One entry of a connection's history."""
     return schemas.Event.model_validate(event)
+
+
+def delivery_out(delivery: models.WebhookDelivery) -> schemas.Delivery:
+    """One webhook delivery: its event, attempts and outcome."""
+    return schemas.Delivery.model_validate(delivery)
