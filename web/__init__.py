@@ -38,7 +38,7 @@ def create_app(settings: Settings | None = None, runtime_: Runtime | None = None
     app.extensions["metrics"].register(StateCollector(rt))
 
     from web import api, cli, connect, ops, webhooks
-    from web.errors import refuse_undecodable_query
+    from web.errors import refuse_unreadable_input
     from web.limits import init_limits
 
     app.register_blueprint(connect.bp)
@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None, runtime_: Runtime | None = None
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(ops.bp)
     app.register_error_handler(HTTPException, api.api_http_error)
-    app.before_request(refuse_undecodable_query)
+    app.before_request(refuse_unreadable_input)
     init_limits(app, rt, browser=[connect.bp], api=[api.bp, webhooks.bp])
     if settings.sandbox_provider:
         from web import sandbox

@@ -34,10 +34,13 @@ def not_found(what: str) -> ApiError:
     return ApiError(404, "not_found", f"{what} not found")
 
 
-def refuse_undecodable_query() -> None:
+def refuse_unreadable_input() -> None:
     """400 (a page, or JSON under /api) for a query string whose raw bytes are not UTF-8,
-    which Flask would otherwise fail to parse with a 500."""
+    which Flask would fail to parse, and for a NUL character in the path or the query,
+    which PostgreSQL cannot compare or store: either would otherwise end in a 500."""
     try:
         request.query_string.decode()
     except UnicodeDecodeError:
         raise BadRequest("The query string is not valid UTF-8.") from None
+    if "\x00" in request.path or any("\x00" in k or "\x00" in v for k, v in request.args.items(multi=True)):
+        raise BadRequest("NUL characters are not accepted.")

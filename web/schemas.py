@@ -27,10 +27,28 @@ def _absolute_http_url(value: str | None) -> str | None:
     return value
 
 
+def _no_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" not in value
+    if isinstance(value, dict):
+        return all(_no_nul(k) and _no_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_no_nul(item) for item in value)
+    return True
+
+
 class Body(BaseModel):
-    """Strict bodies: unknown fields are an error, not silently dropped."""
+    """Strict bodies: unknown fields are an error, not silently dropped; no text may hold
+    a NUL character (PostgreSQL stores none)."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    @field_validator("*")
+    @classmethod
+    def _storable(cls, value: object) -> object:
+        if not _no_nul(value):
+            raise ValueError("must not contain NUL characters")
+        return value
 
 
 class IntegrationIn(Body):

@@ -107,3 +107,18 @@ def test_a_query_string_that_is_not_utf8_is_a_400_in_json_under_the_api(flow: Fl
     response = flow.api("GET", "/connections", environ_overrides={"QUERY_STRING": b"status=\xff\xfe".decode("latin-1")})
     assert response.status_code == 400
     assert response.get_json()["error"]["code"] == "bad_request"
+
+
+def test_a_nul_character_anywhere_is_refused_before_it_reaches_the_database(flow: Flow) -> None:
+    for path in ("/connect/a%00b", "/connect/attempts/a%00b", "/oauth/callback?state=a%00b"):
+        response = flow.client.get(path)
+        assert response.status_code == 400 and response.mimetype == "text/html", path
+    for path in ("/connections/a%00b", "/connections?end_user_id=a%00b", "/integrations/a%00b"):
+        response = flow.api("GET", path)
+        assert response.status_code == 400 and response.get_json()["error"]["code"] == "bad_request", path
+    body = {"provider": "sandbox", "client_id": "a\x00b", "client_secret": "x", "scopes": ["ok"]}
+    refused = flow.api("POST", "/integrations", json=body)
+    assert refused.status_code == 422 and refused.get_json()["error"]["details"][0]["field"] == "client_id"
+    nested = flow.api("POST", "/integrations", json={**body, "client_id": "c", "extra_authorize_params": {"a": "\x00"}})
+    assert nested.status_code == 422
+    _nothing_stored(flow)
