@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from flask import Flask
@@ -74,10 +74,13 @@ BODY_ERRORS = {
 }
 # What every operation under a path prefix answers besides its own (public ones excepted);
 # those under the API's prefix also need the bearer API key.
+BAD_INPUT = error("A NUL character in the path or query, or a query string that is not UTF-8", "bad_request")
+BAD_INPUT_PAGE = page("A NUL character in the path or query, or a query string that is not UTF-8")
+TOO_LONG = page("The request line is longer than the server accepts (gunicorn: 4094 bytes)")
 PREFIX_ANSWERS: dict[str, dict[int, Answer]] = {
-    "/api/v1/": {401: UNAUTHORIZED, 429: RATE_LIMITED},
-    "/connect/": {429: RATE_LIMITED_PAGE},
-    "/oauth/callback": {429: RATE_LIMITED_PAGE},
+    "/api/v1/": {400: BAD_INPUT, 401: UNAUTHORIZED, 414: TOO_LONG, 429: RATE_LIMITED},
+    "/connect/": {400: BAD_INPUT_PAGE, 414: TOO_LONG, 429: RATE_LIMITED_PAGE},
+    "/oauth/callback": {400: BAD_INPUT_PAGE, 414: TOO_LONG, 429: RATE_LIMITED_PAGE},
 }
 SECURED_PREFIX = "/api/v1/"
 
@@ -178,17 +181,25 @@ def _answer(answer: Answer, models: _Models) -> Schema:
     return result
 
 
+def _merged(shared: Answer, own: Answer) -> Answer:
+    """The operation's own answer, with the codes of a shared error of the same status."""
+    if own.codes and shared.codes:
+        return replace(own, codes=own.codes + tuple(c for c in shared.codes if c not in own.codes))
+    return own
+
+
 def _operation(op: Operation, path: str, models: _Models) -> Schema:
     answers = dict(op.answers)
     if not op.public:
         for prefix, shared in PREFIX_ANSWERS.items():
             if path.startswith(prefix):
-                answers = {**shared, **answers}
+                answers = {**shared, **{s: _merged(shared[s], a) if s in shared else a for s, a in answers.items()}}
     result: Schema = {"operationId": op.operation_id, "tags": [op.tag], "summary": op.summary}
     if op.query is not None:
         result["parameters"] = _query_parameters(op.query, models)
     if op.body is not None:
-        answers = {**BODY_ERRORS, **answers}
+        answers = {**BODY_ERRORS, **{s: _merged(BODY_ERRORS[s], a) if s in BODY_ERRORS else a
+                                     for s, a in answers.items()}}
         result["requestBody"] = {"required": True, "content": {JSON: {"schema": models.ref(op.body, "validation")}}}
     result["responses"] = {str(status): _answer(answers[status], models) for status in sorted(answers)}
     if path.startswith(SECURED_PREFIX) and not op.public:

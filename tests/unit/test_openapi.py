@@ -154,7 +154,7 @@ def _codes(doc: dict[str, Any], path: str, method: str, status: str) -> set[str]
 
 def test_the_documented_error_codes_are_the_ones_the_views_raise(doc: dict[str, Any]) -> None:
     connections, token = "/api/v1/connections", "/api/v1/connections/{connection_id}/token"
-    assert _codes(doc, connections, "get", "400") == {"invalid_cursor", "invalid_limit", "invalid_status"}
+    assert _codes(doc, connections, "get", "400") == {"invalid_cursor", "invalid_limit", "invalid_status", "bad_request"}
     assert _codes(doc, "/api/v1/connect-sessions", "post", "409") == {"integration_mismatch"}
     for path, method in ((token, "get"), ("/api/v1/connections/{connection_id}/refresh", "post")):
         assert _codes(doc, path, method, "409") == {"needs_reauth", "revoked"}
@@ -163,7 +163,7 @@ def test_the_documented_error_codes_are_the_ones_the_views_raise(doc: dict[str, 
     params = {p["name"] for p in doc["paths"][connections]["get"]["parameters"]}
     assert params == {"end_user_id", "integration_id", "status", "limit", "cursor"}
     assert _codes(doc, "/api/v1/webhook/deliveries/{delivery_id}/retry", "post", "409") == {"webhook_not_set"}
-    assert _codes(doc, "/api/v1/webhook/deliveries", "get", "400") == {"invalid_cursor", "invalid_limit"}
+    assert _codes(doc, "/api/v1/webhook/deliveries", "get", "400") == {"invalid_cursor", "invalid_limit", "bad_request"}
     for path, method, operation_ in _operations(doc):
         if path.startswith("/api/v1") and path != "/api/v1/openapi.json":
             assert _codes(doc, path, method, "429") == {"rate_limited"}, (path, method)
