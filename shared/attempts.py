@@ -6,7 +6,7 @@ from datetime import timedelta
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from shared.models import ConnectAttempt, utcnow
+from shared.models import ConnectAttempt, ConnectSession, utcnow
 from shared.nonces import STATE_TTL_SECONDS
 
 # An attempt still pending after its code would have expired will never finish.
@@ -20,6 +20,20 @@ def finish_attempt(session: Session, attempt_id: str, status: str, *, error: str
         update(ConnectAttempt)
         .where(ConnectAttempt.id == attempt_id, ConnectAttempt.status == "pending")
         .values(status=status, error=error, connection_id=connection_id, finished_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def claim_link(session: Session, session_id: str) -> bool:
+    """Spend a connect link for the attempt that succeeds through it: a conditional
+    `UPDATE … WHERE used_at IS NULL`, so of two attempts racing one link exactly one
+    wins (the other's UPDATE waits for the winner's commit, then matches nothing).
+    Call it in the transaction that stores the connection."""
+    result = session.execute(
+        update(ConnectSession)
+        .where(ConnectSession.id == session_id, ConnectSession.used_at.is_(None))
+        .values(used_at=utcnow())
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1

@@ -8,6 +8,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet
+from limits import parse_many
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -63,6 +64,13 @@ class Settings(BaseSettings):
     # How often beat runs that pruning.
     retention_sweep_seconds: int = Field(default=3600, ge=1)
     broker_visibility_timeout_seconds: int = Field(default=3600, ge=10)
+    # Rate limits (flask-limiter notation, e.g. "120/minute" or "10/second;500/hour"):
+    # per client address on the browser flow, per tenant on the API.
+    browser_rate_limit: str = "120/minute"
+    api_rate_limit: str = "6000/minute"
+    # How many proxies in front of the web add X-Forwarded-For: their entries are
+    # believed for the client address, nobody else's (0: the socket's peer).
+    trusted_proxy_count: int = Field(default=0, ge=0, le=10)
     # One JSON object per log line for collectors; plain text in `make dev`.
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -80,6 +88,15 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @field_validator("browser_rate_limit", "api_rate_limit")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        try:
+            parse_many(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a rate limit such as '120/minute'") from None
+        return value
 
     @field_validator("token_encryption_keys")
     @classmethod

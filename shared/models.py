@@ -9,6 +9,8 @@ from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, Stri
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from shared.enums import AttemptStatus, ConnectionStatus, EventType, ProviderKind, TokenAuthMethod, column_type
+
 
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
@@ -65,7 +67,7 @@ class Integration(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("int"))
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
-    provider: Mapped[str] = mapped_column(String(20))
+    provider: Mapped[ProviderKind] = mapped_column(column_type(ProviderKind, 20))
     client_id: Mapped[str] = mapped_column(Text)
     client_secret_enc: Mapped[str] = mapped_column(Text)
     scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
@@ -73,7 +75,8 @@ class Integration(Base):
     token_url: Mapped[str] = mapped_column(Text)
     revoke_url: Mapped[str | None] = mapped_column(Text)
     issuer: Mapped[str | None] = mapped_column(Text)
-    token_auth_method: Mapped[str] = mapped_column(String(32), default="client_secret_basic")
+    token_auth_method: Mapped[TokenAuthMethod] = mapped_column(column_type(TokenAuthMethod, 32),
+                                                               default=TokenAuthMethod.CLIENT_SECRET_BASIC)
     pkce: Mapped[bool] = mapped_column(Boolean, default=True)
     extra_authorize_params: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     # Where the provider's own API lives, for clients calling it with a connection's token.
@@ -107,7 +110,7 @@ class ConnectAttempt(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("att"))
     session_id: Mapped[str] = mapped_column(ForeignKey("connect_sessions.id"), index=True)
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status: Mapped[AttemptStatus] = mapped_column(column_type(AttemptStatus, 16), default=AttemptStatus.PENDING)
     error: Mapped[str | None] = mapped_column(Text)
     connection_id: Mapped[str | None] = mapped_column(ForeignKey("connections.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -127,7 +130,8 @@ class Connection(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
     integration_id: Mapped[str] = mapped_column(ForeignKey("integrations.id"), index=True)
     end_user_id: Mapped[str] = mapped_column(String(200))
-    status: Mapped[str] = mapped_column(String(16), default="active")
+    status: Mapped[ConnectionStatus] = mapped_column(column_type(ConnectionStatus, 16),
+                                                     default=ConnectionStatus.ACTIVE)
     scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
     access_token_enc: Mapped[str | None] = mapped_column(Text)
     refresh_token_enc: Mapped[str | None] = mapped_column(Text)
@@ -155,7 +159,7 @@ class Event(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("evt"))
     connection_id: Mapped[str] = mapped_column(ForeignKey("connections.id"))
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
-    type: Mapped[str] = mapped_column(String(32))
+    type: Mapped[EventType] = mapped_column(column_type(EventType, 32))
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 

@@ -28,6 +28,8 @@ def create_app(settings: Settings | None = None, runtime_: Runtime | None = None
     Tests may pass a ready runtime (for instance one over fakeredis)."""
     settings = runtime_.settings if runtime_ else settings or get_settings()
     app = App(__name__)
+    # `/connect//x` is a 404 like any unknown path, not a redirect that carries a link token along.
+    app.url_map.merge_slashes = False
     app.config.update(SECRET_KEY=settings.secret_key, MAX_CONTENT_LENGTH=256 * 1024)
     app.json.sort_keys = False  # type: ignore[attr-defined]  # fields in the documented order
     rt = app.extensions["runtime"] = runtime_ or build_runtime(settings)
@@ -36,12 +38,16 @@ def create_app(settings: Settings | None = None, runtime_: Runtime | None = None
     app.extensions["metrics"].register(StateCollector(rt))
 
     from web import api, cli, connect, ops, webhooks
+    from web.errors import refuse_unreadable_input
+    from web.limits import init_limits
 
     app.register_blueprint(connect.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(ops.bp)
     app.register_error_handler(HTTPException, api.api_http_error)
+    app.before_request(refuse_unreadable_input)
+    init_limits(app, rt, browser=[connect.bp], api=[api.bp, webhooks.bp])
     if settings.sandbox_provider:
         from web import sandbox, sandbox_api
 

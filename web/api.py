@@ -6,7 +6,7 @@ import json
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Select, select, tuple_
 from sqlalchemy.orm import Session
@@ -15,28 +15,35 @@ from werkzeug.exceptions import HTTPException
 from shared import refreshes
 from shared.crypto import digest, new_secret
 from shared.egress import ForbiddenAddress, validate_url
+from shared.enums import ProviderKind
 from shared.integrations import egress_rules
 from shared.models import Connection, ConnectSession, Event, Integration, utcnow
 from shared.providers import default_urls
 from shared.queue import REVOKE_CONNECTION
 from shared.revocations import mark_revoked
-from web import runtime
+from web import runtime, schemas
 from web.auth import authenticate
 from web.errors import ApiError, not_found
-from web.schemas import ConnectSessionIn, IntegrationIn
-from web.serializers import connection_json, event_json, integration_json, iso
+from web.openapi import document, ok, operation
+from web.openapi import error as error_answer
+from web.schemas import ConnectionsQuery, ConnectSessionIn, EventsQuery, IntegrationIn, PageQuery
+from web.serializers import answer, connection_out, event_out, integration_out
 from web.tokens import fresh_token
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 CONNECT_SESSION_TTL = timedelta(minutes=30)
-CONNECTION_STATUSES = ("active", "needs_reauth", "revoked")
 Model = TypeVar("Model", bound=BaseModel)
+
+NOT_FOUND = error_answer("No such resource for this tenant (also another tenant's id)", "not_found")
+NOT_USABLE = error_answer("The connection cannot give a token", "needs_reauth", "revoked")
+REFRESH_PENDING = error_answer("The refresh did not finish within TOKEN_WAIT_SECONDS", "refresh_pending",
+                               **{"Retry-After": "seconds to wait before trying again"})
 
 
 @bp.before_request
 def _authenticate() -> None:
-    if request.endpoint != "api.openapi":
+    if request.endpoint != "api.openapi" and "tenant_id" not in g:  # the rate limit may have done it
         authenticate()
 
 
@@ -72,6 +79,16 @@ def _body(model: type[Model]) -> Model:
         raise ApiError(422, "invalid_fields", f"{first['field']}: {first['message']}", details=details) from None
 
 
+def _query(model: type[Model]) -> Model:
+    """The query string validated against a model (empty values count as absent): a bad
+    value answers 400 with the code `invalid_<parameter>`."""
+    try:
+        return model.model_validate({k: v for k, v in request.args.items() if v != ""})
+    except ValidationError as error:
+        name = str(error.errors()[0]["loc"][0])
+        raise ApiError(400, f"invalid_{name}", f"{name}: {error.errors()[0]['msg']}") from None
+
+
 def _owned(session: Session, model: type[Any], id_: str, what: str) -> Any:
     """A row of the caller's tenant, or 404 (also for another tenant's id)."""
     row = session.get(model, id_)
@@ -81,11 +98,13 @@ def _owned(session: Session, model: type[Any], id_: str, what: str) -> Any:
 
 
 @bp.post("/integrations")
-def create_integration() -> tuple[Response, int]:
+@operation("createIntegration", "integrations", {201: ok(schemas.Integration, "The integration (never the secret)")},
+           body=IntegrationIn)
+def create_integration() -> Response:
     """Register a tenant's OAuth app; URLs default by provider kind."""
     body = _body(IntegrationIn)
     rt = runtime()
-    if body.provider == "sandbox" and not rt.settings.sandbox_provider:
+    if body.provider == ProviderKind.SANDBOX and not rt.settings.sandbox_provider:
         raise ApiError(422, "invalid_fields", "provider 'sandbox' needs SANDBOX_PROVIDER on",
                        details=[{"field": "provider", "message": "the sandbox provider is off"}])
     given = {"authorize_url": body.authorize_url, "token_url": body.token_url, "revoke_url": body.revoke_url,
@@ -122,10 +141,11 @@ def create_integration() -> tuple[Response, int]:
     )
     with rt.db.session() as session:
         session.add(integration)
-    return jsonify(integration_json(integration, rt.settings.redirect_uri)), 201
+    return answer(integration_out(integration, rt.settings.redirect_uri), 201)
 
 
 @bp.get("/integrations")
+@operation("listIntegrations", "integrations", {200: ok(schemas.IntegrationList, "The tenant's integrations")})
 def list_integrations() -> Response:
     """The tenant's integrations."""
     rt = runtime()
@@ -133,20 +153,27 @@ def list_integrations() -> Response:
         rows = session.scalars(
             select(Integration).where(Integration.tenant_id == g.tenant_id).order_by(Integration.created_at)
         ).all()
-        return jsonify({"data": [integration_json(row, rt.settings.redirect_uri) for row in rows]})
+        return answer(schemas.IntegrationList(data=[integration_out(row, rt.settings.redirect_uri) for row in rows]))
 
 
 @bp.get("/integrations/<integration_id>")
+@operation("getIntegration", "integrations", {200: ok(schemas.Integration, "The integration"), 404: NOT_FOUND})
 def get_integration(integration_id: str) -> Response:
     """One integration of the tenant."""
     rt = runtime()
     with rt.db.session() as session:
         integration = _owned(session, Integration, integration_id, "integration")
-        return jsonify(integration_json(integration, rt.settings.redirect_uri))
+        return answer(integration_out(integration, rt.settings.redirect_uri))
 
 
 @bp.post("/connect-sessions")
-def create_connect_session() -> tuple[Response, int]:
+@operation("createConnectSession", "connect", {
+    201: ok(schemas.ConnectSession, "A connect link, spent by the first connect that succeeds through it"),
+    404: NOT_FOUND,
+    409: error_answer("connection_id belongs to another integration, or is revoked", "integration_mismatch",
+                      "revoked"),
+}, body=ConnectSessionIn)
+def create_connect_session() -> Response:
     """A single-use connect link for one end user (30 minutes)."""
     body = _body(ConnectSessionIn)
     rt = runtime()
@@ -169,11 +196,9 @@ def create_connect_session() -> tuple[Response, int]:
             expires_at=utcnow() + CONNECT_SESSION_TTL,
         )
         session.add(connect_session)
-    return jsonify({
-        "id": connect_session.id,
-        "connect_url": f"{rt.settings.public_base_url}/connect/{token}",
-        "expires_at": iso(connect_session.expires_at),
-    }), 201
+    return answer(schemas.ConnectSession(id=connect_session.id,
+                                         connect_url=f"{rt.settings.public_base_url}/connect/{token}",
+                                         expires_at=connect_session.expires_at), 201)
 
 
 def _cursor(row: Connection | Event) -> str:
@@ -193,60 +218,67 @@ def _after(cursor: str) -> tuple[datetime, str]:
         raise ApiError(400, "invalid_cursor", "the cursor is not one this API returned") from None
 
 
-def _limit() -> int:
-    try:
-        return min(max(int(request.args.get("limit", 50)), 1), 200)
-    except ValueError:
-        raise ApiError(400, "invalid_limit", "limit must be a whole number") from None
-
-
-def _page(session: Session, model: type[Connection] | type[Event], query: Select[Any]) -> tuple[list[Any], str | None]:
-    """One page of a query in (created_at, id) order, from the `cursor` argument on,
-    with the cursor of the next page (None on the last)."""
-    limit = _limit()
-    if request.args.get("cursor"):
-        query = query.where(tuple_(model.created_at, model.id) > _after(request.args["cursor"]))
-    rows = session.scalars(query.order_by(model.created_at, model.id).limit(limit + 1)).all()
-    page = list(rows[:limit])
-    return page, _cursor(page[-1]) if len(rows) > limit else None
+def _page(session: Session, model: type[Connection] | type[Event], query: Select[Any],
+          args: PageQuery) -> tuple[list[Any], str | None]:
+    """One page of a query in (created_at, id) order, from the cursor on, with the
+    cursor of the next page (None on the last)."""
+    if args.cursor:
+        query = query.where(tuple_(model.created_at, model.id) > _after(args.cursor))
+    rows = session.scalars(query.order_by(model.created_at, model.id).limit(args.limit + 1)).all()
+    page = list(rows[:args.limit])
+    return page, _cursor(page[-1]) if len(rows) > args.limit else None
 
 
 @bp.get("/connections")
+@operation("listConnections", "connections", {
+    200: ok(schemas.ConnectionPage, "A page of connections, oldest first"),
+    400: error_answer("A bad query parameter", "invalid_cursor", "invalid_limit", "invalid_status"),
+}, query=ConnectionsQuery)
 def list_connections() -> Response:
     """The tenant's connections, filtered, in pages."""
-    args = request.args
-    status = args.get("status")
-    if status and status not in CONNECTION_STATUSES:
-        raise ApiError(400, "invalid_status", f"status must be one of {', '.join(CONNECTION_STATUSES)}")
+    args = _query(ConnectionsQuery)
     query = select(Connection).where(Connection.tenant_id == g.tenant_id)
     for name in ("end_user_id", "integration_id", "status"):
-        if args.get(name):
-            query = query.where(getattr(Connection, name) == args[name])
+        if getattr(args, name) is not None:
+            query = query.where(getattr(Connection, name) == getattr(args, name))
     with runtime().db.session() as session:
-        page, next_cursor = _page(session, Connection, query)
-    return jsonify({"data": [connection_json(row) for row in page], "next_cursor": next_cursor})
+        page, next_cursor = _page(session, Connection, query, args)
+    return answer(schemas.ConnectionPage(data=[connection_out(row) for row in page], next_cursor=next_cursor))
 
 
 @bp.get("/connections/<connection_id>")
+@operation("getConnection", "connections", {200: ok(schemas.Connection, "The connection (no token)"),
+                                            404: NOT_FOUND})
 def get_connection(connection_id: str) -> Response:
     """One connection, without its tokens."""
     with runtime().db.session() as session:
-        return jsonify(connection_json(_owned(session, Connection, connection_id, "connection")))
+        return answer(connection_out(_owned(session, Connection, connection_id, "connection")))
 
 
 @bp.get("/connections/<connection_id>/events")
+@operation("listConnectionEvents", "connections", {
+    200: ok(schemas.EventPage, "A page of the connection's history, oldest first"),
+    400: error_answer("A bad query parameter", "invalid_cursor", "invalid_limit"),
+    404: NOT_FOUND,
+}, query=EventsQuery)
 def connection_events(connection_id: str) -> Response:
     """The connection's history, oldest first, in pages."""
+    args = _query(EventsQuery)
     with runtime().db.session() as session:
         _owned(session, Connection, connection_id, "connection")
-        page, next_cursor = _page(session, Event, select(Event).where(Event.connection_id == connection_id))
-    return jsonify({"data": [event_json(event) for event in page], "next_cursor": next_cursor})
+        page, next_cursor = _page(session, Event, select(Event).where(Event.connection_id == connection_id), args)
+    return answer(schemas.EventPage(data=[event_out(event) for event in page], next_cursor=next_cursor))
 
 
 @bp.delete("/connections/<connection_id>")
-def delete_connection(connection_id: str) -> tuple[Response, int]:
+@operation("deleteConnection", "connections", {
+    202: ok(schemas.Connection, "The connection, now revoked (a second call changes nothing)"),
+    404: NOT_FOUND,
+})
+def delete_connection(connection_id: str) -> Response:
     """Disconnect: `revoked` at once (no token is served after the 202); a worker then
-    revokes the tokens at the provider and erases them. A second call changes nothing."""
+    revokes the tokens at the provider (RFC 7009, where revoke_url is known) and erases
+    them, whatever the provider says. A second call changes nothing."""
     rt = runtime()
     with rt.db.session() as session:
         _owned(session, Connection, connection_id, "connection")
@@ -257,7 +289,7 @@ def delete_connection(connection_id: str) -> tuple[Response, int]:
         # knew of the connection, and waiters on a refresh wake to find it revoked.
         refreshes.announce(rt.redis, connection_id)
         rt.celery.send_task(REVOKE_CONNECTION, args=[connection_id], ignore_result=True)
-    return jsonify(connection_json(connection)), 202
+    return answer(connection_out(connection), 202)
 
 
 def _token_response(connection_id: str, force: bool) -> Response:
@@ -269,21 +301,26 @@ def _token_response(connection_id: str, force: bool) -> Response:
     return response
 
 
+TOKEN_ANSWERS = {200: ok(schemas.Token, "The access token", **{"Cache-Control": "no-store: the answer carries a secret"}),
+                 404: NOT_FOUND, 409: NOT_USABLE, 503: REFRESH_PENDING}
+
+
 @bp.get("/connections/<connection_id>/token")
+@operation("getConnectionToken", "connections", TOKEN_ANSWERS)
 def connection_token(connection_id: str) -> Response:
     """The access token, refreshed first when due."""
     return _token_response(connection_id, force=False)
 
 
 @bp.post("/connections/<connection_id>/refresh")
+@operation("refreshConnection", "connections", TOKEN_ANSWERS)
 def refresh_connection(connection_id: str) -> Response:
     """Refresh now (sharing a refresh under way) and answer the new token."""
     return _token_response(connection_id, force=True)
 
 
 @bp.get("/openapi.json")
+@operation("getOpenApi", "meta", {200: ok(schemas.OpenApiDocument, "This document")}, public=True)
 def openapi() -> Response:
     """The OpenAPI 3.1 document of this service (no key needed)."""
-    from web.openapi import document  # here, not on top: web.openapi imports this module
-
-    return jsonify(document())
+    return jsonify(document(current_app))

@@ -7,20 +7,24 @@ from __future__ import annotations
 import re
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from flask import Blueprint, Response, make_response, redirect, render_template, request
+from flask import Blueprint, Response, redirect, render_template, request
 from flask.typing import ResponseReturnValue
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import select
 
 from shared import pkce
 from shared.attempts import expire_if_stale
 from shared.crypto import digest, new_secret, same
+from shared.enums import AttemptStatus
 from shared.integrations import TargetCache
 from shared.models import ConnectAttempt, ConnectSession, new_id, utcnow
 from shared.nonces import STATE_TTL_SECONDS, PendingState
 from shared.providers import build_authorize_url
 from shared.queue import EXCHANGE_CODE, INTERACTIVE_QUEUE
-from web import runtime
+from web import runtime, schemas
+from web.errors import ApiError
+from web.openapi import HTML, JSON, Answer, operation, page
+from web.openapi import redirect as redirect_answer
+from web.serializers import answer
 
 bp = Blueprint("connect", __name__)
 targets = TargetCache()
@@ -48,28 +52,38 @@ def _page(status: int, title: str, message: str) -> tuple[str, int]:
 
 
 @bp.get("/connect/<token>")
+@operation("startConnect", "browser", {
+    302: redirect_answer("To the provider's authorize page, with a fresh state", "the authorize URL"),
+    404: page("Unknown link"),
+    410: page("Expired link, or spent by a connect that succeeded through it"),
+})
 def start(token: str) -> ResponseReturnValue:
-    """Claim the single-use link, remember the state, and send the browser to the provider."""
+    """Remember a fresh state and send the browser to the provider.
+
+    Opening the link does not spend it (a chat app's preview or a mail scanner opens
+    links too): every opening starts its own state, and the link is spent only when an
+    attempt through it succeeds (the exchange claims it)."""
     rt = runtime()
-    now = utcnow()
     token_hash = digest(token)
     with rt.db.session() as session:
-        claimed = session.execute(
-            update(ConnectSession)
-            .where(ConnectSession.token_hash == token_hash, ConnectSession.used_at.is_(None),
-                   ConnectSession.expires_at > now)
-            .values(used_at=now)
-            .returning(ConnectSession.id, ConnectSession.integration_id)
+        found = session.execute(
+            select(ConnectSession.id, ConnectSession.integration_id, ConnectSession.expires_at,
+                   ConnectSession.used_at)
+            .where(ConnectSession.token_hash == token_hash)
         ).first()
-        if claimed is None:
-            return _refused_link(session, token_hash)
-        target = targets.get(session, claimed.integration_id)
+        if found is None:
+            return _page(404, "Link not found", "This connect link is not valid. Ask the app for a new one.")
+        if found.used_at is not None:
+            return _page(410, "Link already used", "This connect link has been used. Ask the app for a new one.")
+        if found.expires_at <= utcnow():
+            return _page(410, "Link expired", "This connect link has expired. Ask the app for a new one.")
+        target = targets.get(session, found.integration_id)
         assert target is not None
 
     binding = request.cookies.get(BINDING_COOKIE) or new_secret(24)
     verifier = pkce.new_verifier()
     state = new_secret(32)
-    rt.states.put(state, PendingState(session_id=claimed.id, integration_id=target.id, code_verifier=verifier,
+    rt.states.put(state, PendingState(session_id=found.id, integration_id=target.id, code_verifier=verifier,
                                       binding_hash=digest(binding)))
     location = build_authorize_url(
         target.authorize_url,
@@ -86,22 +100,16 @@ def start(token: str) -> ResponseReturnValue:
     return response
 
 
-def _refused_link(session: Session, token_hash: str) -> tuple[str, int]:
-    """The page that says why a link could not be claimed."""
-    found = session.execute(select(ConnectSession.expires_at, ConnectSession.used_at)
-                            .where(ConnectSession.token_hash == token_hash)).first()
-    if found is None:
-        return _page(404, "Link not found", "This connect link is not valid. Ask the app for a new one.")
-    if found.used_at is not None:
-        return _page(410, "Link already used", "This connect link has been used. Ask the app for a new one.")
-    return _page(410, "Link expired", "This connect link has expired. Ask the app for a new one.")
-
-
 def _provider_error(value: str) -> str:
     return value if _ERROR_CODE.fullmatch(value) else "provider_error"
 
 
 @bp.get("/oauth/callback")
+@operation("oauthCallback", "browser", {
+    303: redirect_answer("To the attempt's status page", "/connect/attempts/{id}"),
+    400: page("Unknown or used state, or another browser"),
+    404: page("The connect session is gone"),
+}, query=schemas.CallbackQuery)
 def callback() -> ResponseReturnValue:
     """Consume the state, check the browser and the issuer, then queue the exchange."""
     rt = runtime()
@@ -131,7 +139,7 @@ def callback() -> ResponseReturnValue:
             error = None
             rt.codes.put(attempt.id, args["code"], pending.code_verifier)
         if error:
-            attempt.status, attempt.error, attempt.finished_at = "failed", error, utcnow()
+            attempt.status, attempt.error, attempt.finished_at = AttemptStatus.FAILED, error, utcnow()
         session.add(attempt)
     if not error:
         rt.celery.send_task(EXCHANGE_CODE, args=[attempt.id], queue=INTERACTIVE_QUEUE, ignore_result=True)
@@ -139,7 +147,7 @@ def callback() -> ResponseReturnValue:
 
 
 def _return_location(return_url: str, attempt: ConnectAttempt) -> str:
-    params = {"status": attempt.status}
+    params: dict[str, str] = {"status": attempt.status}
     if attempt.connection_id:
         params["connection_id"] = attempt.connection_id
     if attempt.error:
@@ -150,6 +158,12 @@ def _return_location(return_url: str, attempt: ConnectAttempt) -> str:
 
 
 @bp.get("/connect/attempts/<attempt_id>")
+@operation("getConnectAttempt", "browser", {
+    200: Answer("The attempt: a page, or JSON with Accept: application/json", {HTML: None, JSON: schemas.Attempt}),
+    303: redirect_answer("The attempt ended: back to the session's return_url",
+                         "return_url with connection_id, status and error"),
+    404: Answer("No such attempt", {HTML: None, JSON: schemas.Error}, ("not_found",)),
+})
 def attempt_status(attempt_id: str) -> ResponseReturnValue:
     """The attempt as JSON, or a page that refreshes until it ends and then returns to the app."""
     with runtime().db.session() as session:
@@ -160,12 +174,10 @@ def attempt_status(attempt_id: str) -> ResponseReturnValue:
     wants_json = request.accept_mimetypes.best_match(["text/html", "application/json"]) == "application/json"
     if attempt is None or connect_session is None:
         if wants_json:
-            return make_response({"error": {"code": "not_found", "message": "attempt not found"}}, 404)
+            return ApiError(404, "not_found", "attempt not found").response()
         return _page(404, "Not found", "There is no such sign-in.")
     if wants_json:
-        body = {"status": attempt.status}
-        body.update({k: v for k, v in (("connection_id", attempt.connection_id), ("error", attempt.error)) if v})
-        return make_response(body, 200)
-    if attempt.status != "pending" and connect_session.return_url:
+        return answer(schemas.Attempt.model_validate(attempt), exclude_none=True)
+    if attempt.status != AttemptStatus.PENDING and connect_session.return_url:
         return redirect(_return_location(connect_session.return_url, attempt), 303)
     return render_template("attempt.html", attempt=attempt), 200

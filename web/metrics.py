@@ -16,6 +16,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
+from shared.enums import ConnectionStatus
 from shared.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from shared.models import Connection, WebhookDelivery, utcnow
 from shared.queue import DEFAULT_QUEUE, INTERACTIVE_QUEUE, WEBHOOK_QUEUE
@@ -23,7 +24,7 @@ from shared.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("active", "needs_reauth", "revoked")
+STATUSES = tuple(status.value for status in ConnectionStatus)
 STATE_KEY = "metrics:state"
 STATE_SECONDS = 15
 

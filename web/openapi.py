@@ -1,314 +1,233 @@
-"""The OpenAPI 3.1 document of the service as implemented, built once and served at
-`GET /api/v1/openapi.json`. Request bodies come from the pydantic models; the answers
-mirror `web/serializers.py`, `web/tokens.py` and the errors the views raise."""
+"""The OpenAPI 3.1 document, generated from the routes and the models of `web/schemas.py`.
+
+A view documents itself with `@operation(...)`: its id, tag, answers by status (each
+naming a model), and its body and query models. The generator walks the app's url_map,
+so a documented route's path, method and path parameters come from Flask itself, and
+every schema comes from pydantic (`$defs` become `components/schemas`). What every
+operation under a prefix shares (the API key, 401, 429, the body errors) is added here."""
 from __future__ import annotations
 
-from functools import cache
-from typing import Any, get_args
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
+from flask import Flask
 from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 
-from web.api import CONNECTION_STATUSES
-from shared.webhooks import WEBHOOK_TYPES
-from web.schemas import ConnectSessionIn, IntegrationIn, WebhookIn
+from web.schemas import Error
 
 Schema = dict[str, Any]
+View = TypeVar("View", bound=Callable[..., Any])
 
 JSON, HTML, TEXT = "application/json", "text/html", "text/plain"
 REF = "#/components/schemas/"
-# The event types of the contract, in the order a connection's life goes through them.
-EVENT_TYPES = ("created", "refreshed", "refresh_failed", "needs_reauth", "recovered", "reauthorized", "revoked")
+ATTRIBUTE = "openapi_operation"
 
 
-def _ref(name: str) -> Schema:
-    return {"$ref": REF + name}
+@dataclass(frozen=True)
+class Answer:
+    """One documented answer: its media types (each with a model, or None for text),
+    the error codes it may carry, and its headers (name → description)."""
+
+    description: str
+    content: dict[str, type[BaseModel] | None] = field(default_factory=dict)
+    codes: tuple[str, ...] = ()
+    headers: dict[str, str] = field(default_factory=dict)
 
 
-def _object(required: dict[str, Schema], optional: dict[str, Schema] | None = None) -> Schema:
-    return {"type": "object", "required": list(required), "properties": {**required, **(optional or {})}}
+def ok(model: type[BaseModel], description: str, **headers: str) -> Answer:
+    """A JSON answer of this model."""
+    return Answer(description, {JSON: model}, headers=headers)
 
 
-def _nullable(schema: Schema) -> Schema:
-    return {"anyOf": [schema, {"type": "null"}]}
+def error(description: str, *codes: str, **headers: str) -> Answer:
+    """A JSON error whose `error.code` is one of `codes`."""
+    return Answer(description, {JSON: Error}, codes, headers)
 
 
-def _list_of(name: str, **extra: Schema) -> Schema:
-    return _object({"data": {"type": "array", "items": _ref(name)}, **extra})
+def page(description: str) -> Answer:
+    """A readable HTML page."""
+    return Answer(description, {HTML: None})
 
 
-def _enum_of(model: type[BaseModel], field: str) -> Schema:
-    """The string enum of a `Literal` field, so answers and bodies share one list."""
-    return {"type": "string", "enum": list(get_args(model.model_fields[field].annotation))}
+def text(description: str) -> Answer:
+    """Plain text."""
+    return Answer(description, {TEXT: None})
 
 
-STRING: Schema = {"type": "string"}
-OBJECT: Schema = {"type": "object"}
-URI: Schema = {"type": "string", "format": "uri"}
-TIME: Schema = {"type": "string", "format": "date-time"}
-STRINGS: Schema = {"type": "array", "items": STRING}
-STATUS: Schema = {"type": "string", "enum": list(CONNECTION_STATUSES)}
+def redirect(description: str, location: str) -> Answer:
+    """A redirect, and where it goes."""
+    return Answer(description, headers={"Location": location})
 
-SCHEMAS: dict[str, Schema] = {
-    "Error": _object({"error": _object(
-        {"code": STRING, "message": STRING},
-        {"details": {"type": "array", "items": _object({"field": STRING, "message": STRING})}},
-    )}),
-    "Integration": _object({
-        "id": STRING, "provider": _enum_of(IntegrationIn, "provider"), "client_id": STRING, "scopes": STRINGS,
-        "authorize_url": URI, "token_url": URI, "revoke_url": _nullable(URI), "issuer": _nullable(STRING),
-        "api_base_url": _nullable(URI),
-        "token_auth_method": _enum_of(IntegrationIn, "token_auth_method"), "pkce": {"type": "boolean"},
-        "extra_authorize_params": {"type": "object", "additionalProperties": STRING},
-        "redirect_uri": URI, "created_at": TIME,
-    }),
-    "ConnectSession": _object({"id": STRING, "connect_url": URI, "expires_at": TIME}),
-    "Connection": _object({
-        "id": STRING, "integration_id": STRING, "end_user_id": STRING,
-        "status": STATUS, "scopes": STRINGS,
-        "expires_at": _nullable(TIME), "last_refreshed_at": _nullable(TIME),
-        "refresh_failures": {"type": "integer", "minimum": 0}, "last_error": _nullable(STRING),
-        "created_at": TIME, "updated_at": TIME,
-    }),
-    "Token": _object({"access_token": STRING, "token_type": STRING, "expires_at": _nullable(TIME), "scopes": STRINGS}),
-    "Event": _object({"id": STRING, "type": {"type": "string", "enum": list(EVENT_TYPES)},
-                      "error": _nullable(STRING), "created_at": TIME}),
-    "IntegrationList": _list_of("Integration"),
-    "ConnectionPage": _list_of("Connection", next_cursor=_nullable(STRING)),
-    "EventPage": _list_of("Event", next_cursor=_nullable(STRING)),
-    "AttemptStatus": _object({"status": {"type": "string", "enum": ["pending", "succeeded", "failed"]}},
-                             {"connection_id": STRING, "error": STRING}),
-    "Webhook": _object({"url": _nullable(URI)}),
-    "WebhookWithSecret": _object({"url": URI, "secret": STRING}),
-    "Delivery": _object({
-        "id": STRING, "event_id": STRING, "type": {"type": "string", "enum": list(WEBHOOK_TYPES.values())},
-        "attempts": {"type": "integer", "minimum": 0}, "last_status": _nullable({"type": "integer"}),
-        "last_error": _nullable(STRING), "delivered_at": _nullable(TIME), "next_attempt_at": _nullable(TIME),
-        "created_at": TIME,
-    }),
-    "DeliveryPage": _list_of("Delivery", next_cursor=_nullable(STRING)),
-    "Readiness": _object({"ready": {"type": "boolean"}, "checks": _object({"database": STRING, "redis": STRING})}),
+
+RETRY_AFTER = "seconds to wait before trying again"
+UNAUTHORIZED = error("The API key is missing or unknown", "unauthorized", **{"WWW-Authenticate": "Bearer challenge"})
+RATE_LIMITED = error("Over API_RATE_LIMIT for this tenant", "rate_limited", **{"Retry-After": RETRY_AFTER})
+RATE_LIMITED_PAGE = Answer("Over BROWSER_RATE_LIMIT for this address", {HTML: None},
+                           headers={"Retry-After": RETRY_AFTER})
+BODY_ERRORS = {
+    400: error("The body is not a JSON object", "invalid_json"),
+    413: error("The body is larger than 256 KiB", "request_entity_too_large"),
+    422: error("Fields are missing or invalid; `details` names each", "invalid_fields"),
 }
-
-
-def _body_schema(model: type[BaseModel], schemas: dict[str, Schema]) -> Schema:
-    """The model's JSON Schema, its nested models hoisted into the components."""
-    schema = model.model_json_schema(ref_template=REF + "{model}")
-    schemas.update(schema.pop("$defs", {}))
-    schemas[model.__name__] = schema
-    return _ref(model.__name__)
-
-
-def _content(schema: Schema, media: str = JSON) -> Schema:
-    return {media: {"schema": schema}}
-
-
-def _ok(description: str, schema: Schema, media: str = JSON, **headers: Schema) -> Schema:
-    response: Schema = {"description": description, "content": _content(schema, media)}
-    return {**response, "headers": headers} if headers else response
-
-
-def _error(description: str, *codes: str, **headers: Schema) -> Schema:
-    """An error answer whose `error.code` is one of `codes`."""
-    schema = {"allOf": [_ref("Error"), {"properties": {"error": {"properties": {"code": {"enum": list(codes)}}}}}]}
-    return _ok(description, schema, JSON, **headers)
-
-
-def _header(description: str, schema: Schema = STRING) -> Schema:
-    return {"description": description, "schema": schema}
-
-
-def _redirect(description: str, location: str) -> Schema:
-    return {"description": description, "headers": {"Location": _header(location)}}
-
-
-NO_STORE = _header("no-store: the answer carries a secret", {"type": "string", "const": "no-store"})
-
-# Error answers shared by several operations: name -> (status, answer).
-SHARED_ERRORS: dict[str, tuple[str, Schema]] = {
-    "InvalidJson": ("400", _error("The body is not a JSON object", "invalid_json")),
-    "Unauthorized": ("401", _error("The API key is missing or unknown", "unauthorized",
-                                   **{"WWW-Authenticate": _header("Bearer challenge")})),
-    "NotFound": ("404", _error("No such resource for this tenant (also another tenant's id)", "not_found")),
-    "NotUsable": ("409", _error("The connection cannot give a token", "needs_reauth", "revoked")),
-    "TooLarge": ("413", _error("The body is larger than 256 KiB", "request_entity_too_large")),
-    "InvalidFields": ("422", _error("Fields are missing or invalid; `details` names each", "invalid_fields")),
-    "RefreshPending": ("503", _error("The refresh did not finish within TOKEN_WAIT_SECONDS", "refresh_pending",
-                                     **{"Retry-After": _header("seconds", {"type": "integer"})})),
+# What every operation under a path prefix answers besides its own (public ones excepted);
+# those under the API's prefix also need the bearer API key.
+BAD_INPUT = error("A NUL character in the path or query, or a query string that is not UTF-8", "bad_request")
+BAD_INPUT_PAGE = page("A NUL character in the path or query, or a query string that is not UTF-8")
+TOO_LONG = page("The request line is longer than the server accepts (gunicorn: 4094 bytes)")
+PREFIX_ANSWERS: dict[str, dict[int, Answer]] = {
+    "/api/v1/": {400: BAD_INPUT, 401: UNAUTHORIZED, 414: TOO_LONG, 429: RATE_LIMITED},
+    "/connect/": {400: BAD_INPUT_PAGE, 414: TOO_LONG, 429: RATE_LIMITED_PAGE},
+    "/oauth/callback": {400: BAD_INPUT_PAGE, 414: TOO_LONG, 429: RATE_LIMITED_PAGE},
 }
+SECURED_PREFIX = "/api/v1/"
 
 
-def _use(*names: str) -> dict[str, Schema]:
-    """Shared error answers by name, keyed by their status."""
-    return {SHARED_ERRORS[name][0]: {"$ref": "#/components/responses/" + name} for name in names}
+@dataclass(frozen=True)
+class Operation:
+    """What `@operation` records on a view."""
+
+    operation_id: str
+    tag: str
+    answers: dict[int, Answer]
+    body: type[BaseModel] | None
+    query: type[BaseModel] | None
+    public: bool
+    summary: str
 
 
-def _path_param(name: str) -> Schema:
-    return {"name": name, "in": "path", "required": True, "schema": STRING}
+def operation(operation_id: str, tag: str, answers: dict[int, Answer], *, body: type[BaseModel] | None = None,
+              query: type[BaseModel] | None = None, public: bool = False) -> Callable[[View], View]:
+    """Document a view: put it under the route decorator. `public` drops the blueprint's
+    shared answers and security (the document itself needs no key)."""
+
+    def mark(view: View) -> View:
+        summary = (view.__doc__ or "").strip().splitlines()[0] if view.__doc__ else operation_id
+        setattr(view, ATTRIBUTE, Operation(operation_id, tag, answers, body, query, public, summary))
+        return view
+
+    return mark
 
 
-def _query(name: str, schema: Schema = STRING, description: str | None = None) -> Schema:
-    param = {"name": name, "in": "query", "required": False, "schema": schema}
-    return {**param, "description": description} if description else param
+def document(app: Flask) -> dict[str, Any]:
+    """The app's document, generated on first use and then kept (treat it as read-only)."""
+    if "openapi" not in app.extensions:
+        app.extensions["openapi"] = _generate(app)
+    return app.extensions["openapi"]
 
 
-def _plain(operation_id: str, tag: str, responses: dict[str, Schema], **more: Any) -> Schema:
-    """An operation without security."""
-    return {"operationId": operation_id, "tags": [tag], "responses": responses, **more}
+def _template(rule: str) -> str:
+    """Flask's `/a/<id>` (or `<path:id>`) as OpenAPI's `/a/{id}`."""
+    return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule)
 
 
-def _api(operation_id: str, tag: str, responses: dict[str, Schema], **more: Any) -> Schema:
-    """A tenant API operation: it needs the bearer API key."""
-    return {**_plain(operation_id, tag, responses, **more), "security": [{"bearerAuth": []}]}
+class _Models:
+    """The models the document names, turned into schemas together at the end."""
+
+    def __init__(self) -> None:
+        self.used: dict[tuple[type[BaseModel], str], None] = {}
+
+    def ref(self, model: type[BaseModel], mode: str = "serialization") -> Schema:
+        self.used[(model, mode)] = None
+        return {"$ref": REF + model.__name__}
+
+    def schemas(self) -> dict[str, Schema]:
+        refs, top = models_json_schema(list(self.used), ref_template=REF + "{model}")  # type: ignore[arg-type]
+        names = {ref["$ref"].removeprefix(REF) for ref in refs.values()}
+        assert names == {model.__name__ for model, _ in self.used}, "two models share a name"
+        return top.get("$defs", {})
 
 
-def _paths(integration_in: Schema, connect_session_in: Schema, webhook_in: Schema) -> dict[str, Schema]:
-    integration_id, connection_id = _path_param("integration_id"), _path_param("connection_id")
-    paging = [_query("limit", {"type": "integer", "default": 50, "minimum": 1, "maximum": 200},
-                     "page size; values outside 1..200 are clamped"),
-              _query("cursor", STRING, "the next_cursor of the previous page")]
-    token_answers = {"200": _ok("The access token", _ref("Token"), JSON, **{"Cache-Control": NO_STORE}),
-                     **_use("Unauthorized", "NotFound", "NotUsable", "RefreshPending")}
-    return {
-        "/api/v1/integrations": {
-            "post": _api("createIntegration", "integrations", {
-                "201": _ok("The integration (never the secret)", _ref("Integration")),
-                **_use("InvalidJson", "Unauthorized", "TooLarge", "InvalidFields"),
-            }, requestBody={"required": True, "content": _content(integration_in)}),
-            "get": _api("listIntegrations", "integrations", {
-                "200": _ok("The tenant's integrations, oldest first", _ref("IntegrationList")),
-                **_use("Unauthorized"),
-            }),
-        },
-        "/api/v1/integrations/{integration_id}": {
-            "parameters": [integration_id],
-            "get": _api("getIntegration", "integrations", {
-                "200": _ok("The integration", _ref("Integration")), **_use("Unauthorized", "NotFound")}),
-        },
-        "/api/v1/connect-sessions": {
-            "post": _api("createConnectSession", "connect", {
-                "201": _ok("A single-use connect link", _ref("ConnectSession")),
-                **_use("InvalidJson", "Unauthorized", "NotFound", "TooLarge", "InvalidFields"),
-                "409": _error("connection_id belongs to another integration, or is revoked",
-                              "integration_mismatch", "revoked"),
-            }, requestBody={"required": True, "content": _content(connect_session_in)}),
-        },
-        "/api/v1/connections": {
-            "get": _api("listConnections", "connections", {
-                "200": _ok("A page of connections, oldest first", _ref("ConnectionPage")),
-                "400": _error("A bad query parameter", "invalid_cursor", "invalid_limit", "invalid_status"),
-                **_use("Unauthorized"),
-            }, parameters=[_query("end_user_id"), _query("integration_id"), _query("status", STATUS), *paging]),
-        },
-        "/api/v1/connections/{connection_id}": {
-            "parameters": [connection_id],
-            "get": _api("getConnection", "connections", {
-                "200": _ok("The connection (no token)", _ref("Connection")), **_use("Unauthorized", "NotFound")}),
-            "delete": _api("deleteConnection", "connections", {
-                "202": _ok("The connection, now revoked (a second call changes nothing)", _ref("Connection")),
-                **_use("Unauthorized", "NotFound"),
-            }, description="No token is served after the 202. A worker then revokes the tokens at the provider "
-                           "(RFC 7009, where revoke_url is known) and erases them, whatever the provider says."),
-        },
-        "/api/v1/connections/{connection_id}/token": {
-            "parameters": [connection_id],
-            "get": _api("getConnectionToken", "connections", token_answers,
-                        description="Refreshes first when the token is due (single flight)."),
-        },
-        "/api/v1/connections/{connection_id}/refresh": {
-            "parameters": [connection_id],
-            "post": _api("refreshConnection", "connections", token_answers,
-                         description="Always refreshes; concurrent calls share one provider call."),
-        },
-        "/api/v1/connections/{connection_id}/events": {
-            "parameters": [connection_id],
-            "get": _api("listConnectionEvents", "connections", {
-                "200": _ok("A page of the connection's history, oldest first", _ref("EventPage")),
-                "400": _error("A bad query parameter", "invalid_cursor", "invalid_limit"),
-                **_use("Unauthorized", "NotFound"),
-            }, parameters=paging),
-        },
-        "/api/v1/webhook": {
-            "put": _api("putWebhook", "webhooks", {
-                "200": _ok("The URL and the signing secret (made on the first PUT, new with rotate_secret)",
-                           _ref("WebhookWithSecret"), JSON, **{"Cache-Control": NO_STORE}),
-                **_use("InvalidJson", "Unauthorized", "TooLarge", "InvalidFields"),
-            }, requestBody={"required": True, "content": _content(webhook_in)}),
-            "get": _api("getWebhook", "webhooks", {
-                "200": _ok("The URL (null when none is set), never the secret", _ref("Webhook")),
-                **_use("Unauthorized"),
-            }),
-            "delete": _api("deleteWebhook", "webhooks", {
-                "204": {"description": "The URL and secret are removed; pending deliveries are dropped"},
-                **_use("Unauthorized"),
-            }),
-        },
-        "/api/v1/webhook/deliveries": {
-            "get": _api("listWebhookDeliveries", "webhooks", {
-                "200": _ok("A page of deliveries, newest first", _ref("DeliveryPage")),
-                "400": _error("A bad query parameter", "invalid_cursor", "invalid_limit"),
-                **_use("Unauthorized"),
-            }, parameters=[_query("limit", {"type": "integer", "default": 50, "minimum": 1, "maximum": 200},
-                                  "page size; values outside 1..200 are clamped"),
-                           _query("cursor", STRING, "the next_cursor of the previous page")]),
-        },
-        "/api/v1/webhook/deliveries/{delivery_id}/retry": {
-            "parameters": [_path_param("delivery_id")],
-            "post": _api("retryWebhookDelivery", "webhooks", {
-                "202": _ok("The delivery, due now", _ref("Delivery")),
-                **_use("Unauthorized", "NotFound"),
-                "409": _error("The tenant has no webhook URL", "webhook_not_set"),
-            }),
-        },
-        "/api/v1/openapi.json": {"get": _plain("getOpenApi", "meta", {"200": _ok("This document", OBJECT)})},
-        "/connect/{token}": {
-            "parameters": [_path_param("token")],
-            "get": _plain("startConnect", "browser", {
-                "302": _redirect("To the provider's authorize page", "the authorize URL"),
-                "404": _ok("Unknown link", STRING, HTML),
-                "410": _ok("Expired or already used link", STRING, HTML),
-            }),
-        },
-        "/oauth/callback": {
-            "get": _plain("oauthCallback", "browser", {
-                "303": _redirect("To the attempt's status page", "/connect/attempts/{id}"),
-                "400": _ok("Unknown or used state, or another browser", STRING, HTML),
-                "404": _ok("The connect session is gone", STRING, HTML),
-            }, parameters=[_query("state"), _query("code"), _query("error"), _query("iss")]),
-        },
-        "/connect/attempts/{attempt_id}": {
-            "parameters": [_path_param("attempt_id")],
-            "get": _plain("getConnectAttempt", "browser", {
-                "200": {"description": "The attempt: a page, or JSON with Accept: application/json",
-                        "content": {**_content(STRING, HTML), **_content(_ref("AttemptStatus"))}},
-                "303": _redirect("The attempt ended: back to the session's return_url",
-                                 "return_url with connection_id, status and error"),
-                "404": {"description": "No such attempt",
-                        "content": {**_content(STRING, HTML), **_content(_ref("Error"))}},
-            }),
-        },
-        "/healthz": {"get": _plain("healthz", "operations", {"200": _ok("The process lives", STRING, TEXT)})},
-        "/readyz": {"get": _plain("readyz", "operations", {
-            "200": _ok("The database and Redis answer", _ref("Readiness")),
-            "503": _ok("The database or Redis does not answer", _ref("Readiness")),
-        })},
-        "/metrics": {"get": _plain("metrics", "operations", {"200": _ok("Prometheus text exposition", STRING, TEXT)})},
-    }
+def _without_null(schema: Schema) -> Schema:
+    """A query parameter is absent rather than null."""
+    options = [s for s in schema.get("anyOf", []) if s.get("type") != "null"]
+    rest = {k: v for k, v in schema.items() if k not in ("anyOf", "default") or (k == "default" and v is not None)}
+    return {**rest, **options[0]} if len(options) == 1 else rest
 
 
-@cache
-def document() -> dict[str, Any]:
-    """The whole document; build it once, serve it many times (treat it as read-only)."""
-    schemas = dict(SCHEMAS)
-    integration_in = _body_schema(IntegrationIn, schemas)
-    connect_session_in = _body_schema(ConnectSessionIn, schemas)
-    webhook_in = _body_schema(WebhookIn, schemas)
+def _query_parameters(query: type[BaseModel], models: _Models) -> list[Schema]:
+    models.ref(query, "validation")  # for the enums its fields name
+    schema = query.model_json_schema(ref_template=REF + "{model}")
+    parameters = []
+    for name, prop in schema["properties"].items():
+        prop = _without_null(prop)
+        description = prop.pop("description", None)
+        prop.pop("title", None)
+        parameter: Schema = {"name": name, "in": "query", "required": name in schema.get("required", []),
+                             "schema": prop}
+        parameters.append({**parameter, "description": description} if description else parameter)
+    return parameters
+
+
+def _answer(answer: Answer, models: _Models) -> Schema:
+    result: Schema = {"description": answer.description}
+    content: Schema = {}
+    for media, model in answer.content.items():
+        if model is None:
+            content[media] = {"schema": {"type": "string"}}
+        elif answer.codes and model is Error:
+            overlay = {"properties": {"error": {"properties": {"code": {"enum": list(answer.codes)}}}}}
+            content[media] = {"schema": {"allOf": [models.ref(Error), overlay]}}
+        else:
+            content[media] = {"schema": models.ref(model)}
+    if content:
+        result["content"] = content
+    if answer.headers:
+        result["headers"] = {name: {"description": description,
+                                    "schema": {"type": "integer"} if name == "Retry-After" else {"type": "string"}}
+                             for name, description in answer.headers.items()}
+    return result
+
+
+def _merged(shared: Answer, own: Answer) -> Answer:
+    """The operation's own answer, with the codes of a shared error of the same status."""
+    if own.codes and shared.codes:
+        return replace(own, codes=own.codes + tuple(c for c in shared.codes if c not in own.codes))
+    return own
+
+
+def _operation(op: Operation, path: str, models: _Models) -> Schema:
+    answers = dict(op.answers)
+    if not op.public:
+        for prefix, shared in PREFIX_ANSWERS.items():
+            if path.startswith(prefix):
+                answers = {**shared, **{s: _merged(shared[s], a) if s in shared else a for s, a in answers.items()}}
+    result: Schema = {"operationId": op.operation_id, "tags": [op.tag], "summary": op.summary}
+    if op.query is not None:
+        result["parameters"] = _query_parameters(op.query, models)
+    if op.body is not None:
+        answers = {**BODY_ERRORS, **{s: _merged(BODY_ERRORS[s], a) if s in BODY_ERRORS else a
+                                     for s, a in answers.items()}}
+        result["requestBody"] = {"required": True, "content": {JSON: {"schema": models.ref(op.body, "validation")}}}
+    result["responses"] = {str(status): _answer(answers[status], models) for status in sorted(answers)}
+    if path.startswith(SECURED_PREFIX) and not op.public:
+        result["security"] = [{"bearerAuth": []}]
+    return result
+
+
+def _generate(app: Flask) -> dict[str, Any]:
+    models = _Models()
+    paths: dict[str, Schema] = {}
+    for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
+        op: Operation | None = getattr(app.view_functions.get(rule.endpoint), ATTRIBUTE, None)
+        if op is None:
+            continue  # undocumented: the sandbox, static files
+        path = _template(rule.rule)
+        item = paths.setdefault(path, {})
+        names = re.findall(r"{([^}]+)}", path)
+        if names:
+            item["parameters"] = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                                  for name in names]
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            item[method.lower()] = _operation(op, path, models)
     return {
         "openapi": "3.1.0",
         "info": {"title": "OAuth token service", "version": "1"},
-        "paths": _paths(integration_in, connect_session_in, webhook_in),
+        "paths": paths,
         "components": {
-            "schemas": schemas,
-            "responses": {name: answer for name, (_, answer) in SHARED_ERRORS.items()},
+            "schemas": models.schemas(),
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "description": "a tenant API key"}},
         },
     }

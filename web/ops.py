@@ -8,19 +8,25 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from shared import metrics as service_metrics
-from web import runtime
+from web import runtime, schemas
+from web.openapi import ok, operation
+from web.openapi import text as plain_text
+from web.serializers import answer
 
 bp = Blueprint("ops", __name__)
 
 
 @bp.get("/healthz")
+@operation("healthz", "operations", {200: plain_text("The process lives")})
 def healthz() -> Response:
     """200 while the process lives."""
     return Response("ok\n", mimetype="text/plain")
 
 
 @bp.get("/readyz")
-def readyz() -> tuple[dict[str, object], int]:
+@operation("readyz", "operations", {200: ok(schemas.Readiness, "The database and Redis answer"),
+                                    503: ok(schemas.Readiness, "The database or Redis does not answer")})
+def readyz() -> Response:
     """200 when the database and Redis answer, 503 otherwise."""
     rt = runtime()
     checks: dict[str, str] = {}
@@ -36,10 +42,13 @@ def readyz() -> tuple[dict[str, object], int]:
     except Exception as error:  # noqa: BLE001
         checks["redis"] = type(error).__name__
     ready = all(value == "ok" for value in checks.values())
-    return {"ready": ready, "checks": checks}, 200 if ready else 503
+    readiness = schemas.Readiness(ready=ready, checks=schemas.ReadinessChecks(**checks))
+    return answer(readiness, 200 if ready else 503)
 
 
 @bp.get("/metrics")
+@operation("metrics", "operations", {200: plain_text("Prometheus text exposition"),
+                                     401: plain_text("METRICS_TOKEN is set and the bearer token is not it")})
 def metrics() -> Response:
     """Prometheus text: the web's counters (every process's), then the service's state.
     With METRICS_TOKEN set, only for `Authorization: Bearer <METRICS_TOKEN>`."""

@@ -1,10 +1,13 @@
-"""JSON views of the stored rows; never a secret."""
+"""Stored rows as the API's answer models (`web/schemas.py`); never a secret."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
-from shared.models import Connection, Event, Integration, WebhookDelivery
+from flask import Response, current_app
+from pydantic import BaseModel
+
+from shared import models
+from web import schemas
 
 
 def iso(value: datetime | None) -> str | None:
@@ -12,58 +15,42 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
-def integration_json(integration: Integration, redirect_uri: str) -> dict[str, Any]:
+def answer(model: BaseModel, status: int = 200, *, exclude_none: bool = False) -> Response:
+    """A JSON response of an answer model, its fields in the documented order."""
+    return current_app.response_class(model.model_dump_json(exclude_none=exclude_none), status,
+                                      mimetype="application/json")
+
+
+def integration_out(integration: models.Integration, redirect_uri: str) -> schemas.Integration:
     """An integration as the API shows it (the client secret is never shown)."""
-    return {
-        "id": integration.id,
-        "provider": integration.provider,
-        "client_id": integration.client_id,
-        "scopes": integration.scopes,
-        "authorize_url": integration.authorize_url,
-        "token_url": integration.token_url,
-        "revoke_url": integration.revoke_url,
-        "api_base_url": integration.api_base_url,
-        "issuer": integration.issuer,
-        "token_auth_method": integration.token_auth_method,
-        "pkce": integration.pkce,
-        "extra_authorize_params": integration.extra_authorize_params,
-        "redirect_uri": redirect_uri,
-        "created_at": iso(integration.created_at),
-    }
+    return schemas.Integration(
+        id=integration.id,
+        provider=integration.provider,
+        client_id=integration.client_id,
+        scopes=integration.scopes,
+        authorize_url=integration.authorize_url,
+        token_url=integration.token_url,
+        revoke_url=integration.revoke_url,
+        api_base_url=integration.api_base_url,
+        issuer=integration.issuer,
+        token_auth_method=integration.token_auth_method,
+        pkce=integration.pkce,
+        extra_authorize_params=integration.extra_authorize_params,
+        redirect_uri=redirect_uri,
+        created_at=integration.created_at,
+    )
 
 
-def connection_json(connection: Connection) -> dict[str, Any]:
+def connection_out(connection: models.Connection) -> schemas.Connection:
     """A connection as the API shows it (no token)."""
-    return {
-        "id": connection.id,
-        "integration_id": connection.integration_id,
-        "end_user_id": connection.end_user_id,
-        "status": connection.status,
-        "scopes": connection.scopes,
-        "expires_at": iso(connection.expires_at),
-        "last_refreshed_at": iso(connection.last_refreshed_at),
-        "refresh_failures": connection.refresh_failures,
-        "last_error": connection.last_error,
-        "created_at": iso(connection.created_at),
-        "updated_at": iso(connection.updated_at),
-    }
+    return schemas.Connection.model_validate(connection)
 
 
-def event_json(event: Event) -> dict[str, Any]:
+def event_out(event: models.Event) -> schemas.Event:
     """One entry of a connection's history."""
-    return {"id": event.id, "type": event.type, "error": event.error, "created_at": iso(event.created_at)}
+    return schemas.Event.model_validate(event)
 
 
-def delivery_json(delivery: WebhookDelivery) -> dict[str, Any]:
+def delivery_out(delivery: models.WebhookDelivery) -> schemas.Delivery:
     """One webhook delivery: its event, attempts and outcome."""
-    return {
-        "id": delivery.id,
-        "event_id": delivery.event_id,
-        "type": delivery.type,
-        "attempts": delivery.attempts,
-        "last_status": delivery.last_status,
-        "last_error": delivery.last_error,
-        "delivered_at": iso(delivery.delivered_at),
-        "next_attempt_at": iso(delivery.next_attempt_at),
-        "created_at": iso(delivery.created_at),
-    }
+    return schemas.Delivery.model_validate(delivery)

@@ -1,22 +1,29 @@
 """The tenant's webhook, `/api/v1/webhook`: its URL and secret, and its deliveries."""
 from __future__ import annotations
 
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, Response, g
 from sqlalchemy import select, tuple_, update
 
 from shared.crypto import new_secret
 from shared.egress import ForbiddenAddress, Rules, validate_url
 from shared.models import Tenant, WebhookDelivery, utcnow
 from shared.webhooks import SECRET_PREFIX, queue_after_commit
-from web import runtime
-from web.api import _after, _body, _cursor
+from web import runtime, schemas
+from web.api import NOT_FOUND, _after, _body, _cursor, _query
 from web.auth import authenticate
 from web.errors import ApiError, not_found
-from web.schemas import WebhookIn
-from web.serializers import delivery_json
+from web.openapi import Answer, ok, operation
+from web.openapi import error as error_answer
+from web.schemas import DeliveriesQuery, WebhookIn
+from web.serializers import answer, delivery_out
 
 bp = Blueprint("webhooks", __name__, url_prefix="/api/v1/webhook")
-bp.before_request(authenticate)
+
+
+@bp.before_request
+def _authenticate() -> None:
+    if "tenant_id" not in g:  # the rate limit may have done it
+        authenticate()
 
 
 @bp.errorhandler(ApiError)
@@ -25,6 +32,9 @@ def _api_error(error: ApiError) -> Response:
 
 
 @bp.put("")
+@operation("putWebhook", "webhooks", {200: ok(
+    schemas.WebhookWithSecret, "The URL and the signing secret (made on the first PUT, new with rotate_secret)",
+    **{"Cache-Control": "no-store: the answer carries a secret"})}, body=WebhookIn)
 def put_webhook() -> Response:
     """Set the URL; the secret is made on the first PUT and kept unless `rotate_secret`."""
     body = _body(WebhookIn)
@@ -44,20 +54,22 @@ def put_webhook() -> Response:
         else:
             secret = rt.cipher.decrypt(tenant.webhook_secret_enc)
         tenant.webhook_url = body.url
-    response = jsonify({"url": body.url, "secret": secret})
+    response = answer(schemas.WebhookWithSecret(url=body.url, secret=secret))
     response.headers["Cache-Control"] = "no-store"
     return response
 
 
 @bp.get("")
+@operation("getWebhook", "webhooks", {200: ok(schemas.Webhook, "The URL (null when none is set), never the secret")})
 def get_webhook() -> Response:
     """The URL (null when none is set), never the secret."""
     with runtime().db.session() as session:
         url = session.scalar(select(Tenant.webhook_url).where(Tenant.id == g.tenant_id))
-    return jsonify({"url": url})
+    return answer(schemas.Webhook(url=url))
 
 
 @bp.delete("")
+@operation("deleteWebhook", "webhooks", {204: Answer("The URL and secret are removed; pending deliveries are dropped")})
 def delete_webhook() -> tuple[str, int]:
     """Remove the URL and the secret; deliveries still pending are dropped."""
     with runtime().db.session() as session:
@@ -70,25 +82,31 @@ def delete_webhook() -> tuple[str, int]:
 
 
 @bp.get("/deliveries")
+@operation("listWebhookDeliveries", "webhooks", {
+    200: ok(schemas.DeliveryPage, "A page of deliveries, newest first"),
+    400: error_answer("A bad query parameter", "invalid_cursor", "invalid_limit"),
+}, query=DeliveriesQuery)
 def list_deliveries() -> Response:
     """The tenant's deliveries, newest first, in pages."""
-    try:
-        limit = min(max(int(request.args.get("limit", 50)), 1), 200)
-    except ValueError:
-        raise ApiError(400, "invalid_limit", "limit must be a whole number") from None
+    args = _query(DeliveriesQuery)
+    limit = args.limit
     query = select(WebhookDelivery).where(WebhookDelivery.tenant_id == g.tenant_id)
-    if request.args.get("cursor"):
-        query = query.where(tuple_(WebhookDelivery.created_at, WebhookDelivery.id) < _after(request.args["cursor"]))
+    if args.cursor:
+        query = query.where(tuple_(WebhookDelivery.created_at, WebhookDelivery.id) < _after(args.cursor))
     query = query.order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id.desc()).limit(limit + 1)
     with runtime().db.session() as session:
         rows = session.scalars(query).all()
     page = rows[:limit]
     next_cursor = _cursor(page[-1]) if len(rows) > limit else None  # type: ignore[arg-type]
-    return jsonify({"data": [delivery_json(row) for row in page], "next_cursor": next_cursor})
+    return answer(schemas.DeliveryPage(data=[delivery_out(row) for row in page], next_cursor=next_cursor))
 
 
 @bp.post("/deliveries/<delivery_id>/retry")
-def retry_delivery(delivery_id: str) -> tuple[Response, int]:
+@operation("retryWebhookDelivery", "webhooks", {
+    202: ok(schemas.Delivery, "The delivery, due now"), 404: NOT_FOUND,
+    409: error_answer("The tenant has no webhook URL", "webhook_not_set"),
+})
+def retry_delivery(delivery_id: str) -> Response:
     """Send a delivery again now, delivered or not; later failures back off as usual."""
     with runtime().db.session() as session:
         delivery = session.get(WebhookDelivery, delivery_id)
@@ -98,4 +116,4 @@ def retry_delivery(delivery_id: str) -> tuple[Response, int]:
             raise ApiError(409, "webhook_not_set", "set a webhook URL with PUT /api/v1/webhook first")
         delivery.next_attempt_at = utcnow()
         queue_after_commit(session, delivery.id)
-    return jsonify(delivery_json(delivery)), 202
+    return answer(delivery_out(delivery), 202)

@@ -13,7 +13,7 @@ import time
 
 from sqlalchemy.orm import Session
 
-from shared.attempts import finish_attempt
+from shared.attempts import claim_link, finish_attempt
 from shared.integrations import oauth_client
 from shared.models import ConnectAttempt, Connection, ConnectSession, Integration
 from shared.providers import ProviderError, TokenSet
@@ -38,6 +38,9 @@ class ConnectionRevoked(Exception):
 def backoff(retries: int) -> float:
     """About 0.5 s, 1 s, 2 s … with jitter: short, the code and the end user are waiting."""
     return 0.5 * 2.0**retries * random.uniform(0.8, 1.2)
+
+# The attempt failed because another attempt through the same link connected first.
+LINK_USED = "link_already_used"
 
 
 def _store(rt: Runtime, session: Session, connect_session: ConnectSession, tokens: TokenSet) -> str:
@@ -102,6 +105,10 @@ def _exchange(rt: Runtime, attempt_id: str, retries: int = 0, retry_until: float
         assert connect_session is not None  # rows are never deleted under a pending attempt
         integration = session.get(Integration, connect_session.integration_id)
         assert integration is not None
+        if connect_session.used_at is not None:  # another attempt through the link won already
+            finish_attempt(session, attempt_id, "failed", error=LINK_USED)
+            rt.codes.take(attempt_id)
+            return None
         client = oauth_client(rt, integration)
         use_pkce = integration.pkce
         revoked = bool(connect_session.connection_id) and session.get(
@@ -130,6 +137,12 @@ def _exchange(rt: Runtime, attempt_id: str, retries: int = 0, retry_until: float
         return None
     try:
         with rt.db.session() as session:
+            if not claim_link(session, connect_session.id):
+                # Another browser's attempt through the same link succeeded first: this
+                # grant is dropped, never stored, so the link makes one connection.
+                log.warning("attempt %s lost its connect link to another attempt", attempt_id)
+                finish_attempt(session, attempt_id, "failed", error=LINK_USED)
+                return None
             connection_id = _store(rt, session, connect_session, tokens)
             finish_attempt(session, attempt_id, "succeeded", connection_id=connection_id)
     except ConnectionRevoked:

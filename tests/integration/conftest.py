@@ -96,6 +96,9 @@ class StackBuilder:
             "PUBLIC_BASE_URL": base_url,
             "SANDBOX_PROVIDER": "1",
             "HTTP_TIMEOUT_SECONDS": "5",
+            # Every test browses from 127.0.0.1 and polls fast; tests of the limits set their own.
+            "BROWSER_RATE_LIMIT": "100000/minute",
+            "API_RATE_LIMIT": "1000000/minute",
             **settings_env,
         })
         runtime = build_runtime(settings)

@@ -15,6 +15,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import inspect, select, text, update
 
 from shared import pkce
+from shared.attempts import claim_link
 from shared.crypto import Cipher, digest
 from shared.db import Database
 from shared.models import Base, ConnectAttempt, Connection, ConnectSession, utcnow
@@ -170,12 +171,28 @@ def test_an_expired_link_is_410(flow: Flow) -> None:
     assert list(flow.runtime.redis.scan_iter("state:*")) == []
 
 
-def test_a_used_link_is_410(flow: Flow) -> None:
+def test_opening_a_link_does_not_spend_it(flow: Flow) -> None:
+    connect_url = flow.connect_url()
+    _, first = flow.start(connect_url)
+    _, second = flow.start(connect_url, flow.app.test_client())  # a preview, then the user's click
+    assert first["state"] != second["state"]
+    assert len(list(flow.runtime.redis.scan_iter("state:*"))) == 2
+    with flow.runtime.db.session() as session:
+        assert session.scalar(select(ConnectSession.used_at)) is None
+
+
+def test_a_link_spent_by_a_successful_attempt_is_410(flow: Flow) -> None:
     connect_url = flow.connect_url()
     flow.start(connect_url)
+    with flow.runtime.db.session() as session:
+        session_id = session.scalar(select(ConnectSession.id))
+        assert claim_link(session, session_id)
+    with flow.runtime.db.session() as session:
+        assert not claim_link(session, session_id)  # a second success cannot claim it again
     again = flow.app.test_client().get(urlsplit(connect_url).path)
     assert again.status_code == 410
     assert "already used" in again.get_data(as_text=True)
+    assert "Location" not in again.headers
     assert len(list(flow.runtime.redis.scan_iter("state:*"))) == 1
 
 

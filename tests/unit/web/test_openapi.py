@@ -1,5 +1,6 @@
-"""The OpenAPI document: served without a key, structurally sound, and unable to drift
-from the routes and answers the code really has (Flask test client, in-memory stores)."""
+"""The OpenAPI document: served without a key, structurally sound, generated from the
+routes and the models, and unable to drift from the answers the code really has (Flask
+test client, in-memory stores)."""
 from __future__ import annotations
 
 import re
@@ -8,15 +9,23 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from flask import Flask
+from flask import Blueprint, Flask
+from pydantic import BaseModel
 
-from shared.models import Connection, utcnow
+from shared.enums import (
+    AttemptStatus,
+    ConnectionStatus,
+    EventType,
+    ProviderKind,
+    TokenAuthMethod,
+)
+from shared.models import ConnectAttempt, Connection, Event, Integration, utcnow
 from shared.runtime import Runtime
 from shared.tenants import create_tenant
 from shared.tokens import record_event
-from web import create_app
 from tests.unit.web.test_connect import RecordingCelery
-from web.openapi import document
+from web import create_app, openapi, schemas
+from web.openapi import document, ok
 
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 AUTOMATIC = {"HEAD", "OPTIONS"}  # Flask adds these to every rule
@@ -76,7 +85,7 @@ def test_the_document_is_served_without_a_key(app: Flask) -> None:
     body = response.get_json()
     assert body["openapi"] == "3.1.0"
     assert body["info"]["title"] and body["info"]["version"]
-    assert document() is document()  # built once
+    assert document(app) is document(app)  # built once
 
 
 def test_every_api_route_is_documented_and_nothing_else(app: Flask, doc: dict[str, Any]) -> None:
@@ -130,7 +139,8 @@ def test_the_tenant_api_needs_the_bearer_key_and_nothing_else_does(doc: dict[str
 def test_request_bodies_come_from_the_pydantic_models(doc: dict[str, Any]) -> None:
     schemas = doc["components"]["schemas"]
     integration_in = schemas["IntegrationIn"]
-    assert integration_in["properties"]["provider"]["enum"] == ["respondio", "oauth2", "sandbox"]
+    provider = _resolve(doc, integration_in["properties"]["provider"]["$ref"])
+    assert provider["enum"] == ["respondio", "oauth2", "sandbox"]
     assert "client_secret" in integration_in["required"]
     assert integration_in["additionalProperties"] is False
     assert set(schemas["ConnectSessionIn"]["required"]) == {"integration_id", "end_user_id"}
@@ -151,20 +161,69 @@ def _codes(doc: dict[str, Any], path: str, method: str, status: str) -> set[str]
 
 def test_the_documented_error_codes_are_the_ones_the_views_raise(doc: dict[str, Any]) -> None:
     connections, token = "/api/v1/connections", "/api/v1/connections/{connection_id}/token"
-    assert _codes(doc, connections, "get", "400") == {"invalid_cursor", "invalid_limit", "invalid_status"}
+    assert _codes(doc, connections, "get", "400") == {"invalid_cursor", "invalid_limit", "invalid_status", "bad_request"}
     assert _codes(doc, "/api/v1/connect-sessions", "post", "409") == {"integration_mismatch", "revoked"}
-    events = "/api/v1/connections/{connection_id}/events"
-    assert _codes(doc, events, "get", "400") == {"invalid_cursor", "invalid_limit"}
-    assert {p["name"] for p in doc["paths"][events]["get"]["parameters"]} == {"limit", "cursor"}
     for path, method in ((token, "get"), ("/api/v1/connections/{connection_id}/refresh", "post")):
         assert _codes(doc, path, method, "409") == {"needs_reauth", "revoked"}
         assert _codes(doc, path, method, "503") == {"refresh_pending"}
-        pending = _resolve(doc, doc["paths"][path][method]["responses"]["503"]["$ref"])
-        assert "Retry-After" in pending["headers"]
+        assert "Retry-After" in doc["paths"][path][method]["responses"]["503"]["headers"]
     params = {p["name"] for p in doc["paths"][connections]["get"]["parameters"]}
     assert params == {"end_user_id", "integration_id", "status", "limit", "cursor"}
     assert _codes(doc, "/api/v1/webhook/deliveries/{delivery_id}/retry", "post", "409") == {"webhook_not_set"}
-    assert _codes(doc, "/api/v1/webhook/deliveries", "get", "400") == {"invalid_cursor", "invalid_limit"}
+    assert _codes(doc, "/api/v1/webhook/deliveries", "get", "400") == {"invalid_cursor", "invalid_limit", "bad_request"}
+    for path, method, operation_ in _operations(doc):
+        if path.startswith("/api/v1") and path != "/api/v1/openapi.json":
+            assert _codes(doc, path, method, "429") == {"rate_limited"}, (path, method)
+            assert "Retry-After" in operation_["responses"]["429"]["headers"]
+        if path.startswith(("/connect/", "/oauth/")):
+            assert "text/html" in operation_["responses"]["429"]["content"], (path, method)
+
+
+def test_every_schema_is_the_one_pydantic_generates(doc: dict[str, Any]) -> None:
+    schemas_ = doc["components"]["schemas"]
+    for name, schema in schemas_.items():
+        model = getattr(schemas, name, None)
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            generated = model.model_json_schema(ref_template="#/components/schemas/{model}",
+                                                mode="validation" if name.endswith(("In", "Query")) else "serialization")
+            generated.pop("$defs", None)
+            assert schema == generated, name
+
+
+@pytest.mark.parametrize("enum, column", [
+    (ConnectionStatus, Connection.status), (AttemptStatus, ConnectAttempt.status), (EventType, Event.type),
+    (ProviderKind, Integration.provider), (TokenAuthMethod, Integration.token_auth_method)])
+def test_statuses_and_event_types_are_one_enum_for_the_database_the_api_and_the_document(
+        doc: dict[str, Any], enum: Any, column: Any) -> None:
+    values = [member.value for member in enum]
+    assert doc["components"]["schemas"][enum.__name__]["enum"] == values
+    assert column.type.enums == values
+    assert column.type.length >= max(len(value) for value in values)
+
+
+def test_a_new_route_is_one_decorated_view_and_its_models(memory_runtime: Runtime) -> None:
+    class Widget(schemas.Answer):
+        """A thing."""
+
+        id: str
+
+    app = create_app(runtime_=memory_runtime)
+    extra = Blueprint("api_extra", __name__, url_prefix="/api/v1")
+
+    @extra.get("/widgets/<widget_id>")
+    @openapi.operation("getWidget", "widgets", {200: ok(Widget, "The widget")})
+    def get_widget(widget_id: str) -> dict[str, str]:
+        """One widget."""
+        return {"id": widget_id}
+
+    app.register_blueprint(extra)
+    doc = document(app)
+    item = doc["paths"]["/api/v1/widgets/{widget_id}"]
+    assert item["parameters"] == [{"name": "widget_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    assert item["get"]["operationId"] == "getWidget" and item["get"]["summary"] == "One widget."
+    assert item["get"]["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Widget"}
+    assert doc["components"]["schemas"]["Widget"]["required"] == ["id"]
 
 
 # --- the real answers match the documented schemas -------------------------------------
