@@ -1,6 +1,7 @@
 """Tenants, their API keys, and re-encryption of stored secrets."""
 from __future__ import annotations
 
+import redis
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -8,6 +9,8 @@ from shared.crypto import Cipher, digest, new_secret
 from shared.models import Connection, Integration, Tenant
 
 API_KEY_PREFIX = "ok_live_"
+# A tenant id published here drops that tenant's API keys from every web process's cache.
+API_KEYS_CHANNEL = "api-key-updates"
 
 
 def create_tenant(session: Session, name: str) -> tuple[Tenant, str]:
@@ -22,6 +25,11 @@ def create_tenant(session: Session, name: str) -> tuple[Tenant, str]:
 def tenant_for_key(session: Session, api_key: str) -> Tenant | None:
     """The tenant whose key this is; the lookup is by hash, never by the key itself."""
     return session.scalar(select(Tenant).where(Tenant.api_key_hash == digest(api_key)))
+
+
+def announce_api_keys(client: redis.Redis, tenant_id: str) -> None:
+    """Tell every web process that the tenant's API keys changed (after the commit)."""
+    client.publish(API_KEYS_CHANNEL, tenant_id)
 
 
 _ENCRYPTED_COLUMNS = (

@@ -22,7 +22,7 @@ from web.auth import authenticate
 from web.errors import ApiError, not_found
 from web.schemas import ConnectSessionIn, IntegrationIn
 from web.serializers import connection_json, event_json, integration_json, iso
-from web.tokens import fresh_token
+from web.tokens import fresh_token, stored_connection
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -225,8 +225,9 @@ def connection_events(connection_id: str) -> Response:
 
 def _token_response(connection_id: str, force: bool) -> Response:
     """The token answer, never cached by a client or proxy."""
-    with runtime().db.session() as session:
-        connection = _owned(session, Connection, connection_id, "connection")
+    connection = stored_connection(connection_id)
+    if connection is None or connection.tenant_id != g.tenant_id:
+        raise not_found("connection")
     response = jsonify(fresh_token(connection, force))
     response.headers["Cache-Control"] = "no-store"
     return response

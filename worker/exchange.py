@@ -5,6 +5,7 @@ import logging
 
 from sqlalchemy.orm import Session
 
+from shared import refreshes
 from shared.attempts import finish_attempt
 from shared.integrations import oauth_client
 from shared.models import ConnectAttempt, Connection, ConnectSession, Integration
@@ -91,4 +92,5 @@ def _exchange(rt: Runtime, attempt_id: str) -> None:
     with rt.db.session() as session:
         connection_id = _store(rt, session, connect_session, tokens)
         finish_attempt(session, attempt_id, "succeeded", connection_id=connection_id)
+    refreshes.announce(rt.redis, connection_id)  # a re-authorized connection is cached by the web
     log.info("attempt %s connected %s", attempt_id, connection_id)
