@@ -44,18 +44,13 @@ class AnnouncedCache(Generic[V]):
     def put(self, key: str, tag: str, value: V, read_at: float) -> None:
         """Keep a value read from the database after `read_at`, unless its tag was
         dropped (or everything cleared) since, or the process is not subscribed."""
-        if self.ttl <= 0:
-            return
         with self._lock:
             if not self._live or read_at <= self._cleared or read_at <= self._dropped.get(tag, float("-inf")):
-                return
-            expires = read_at + self.ttl
-            if expires <= now():
                 return
             if key not in self._entries and len(self._entries) >= self._maxsize:
                 self._forget(next(iter(self._entries)))
             self._forget(key)
-            self._entries[key] = (expires, tag, value)
+            self._entries[key] = (read_at + self.ttl, tag, value)
             self._keys.setdefault(tag, set()).add(key)
 
     def drop(self, tag: str) -> None:

@@ -22,7 +22,9 @@ from web import create_app
 @pytest.fixture
 def app(memory_runtime: Runtime) -> Iterator[Flask]:
     app = create_app(runtime_=memory_runtime)
-    app.extensions["updates"].start(wait=5)
+    updates = app.extensions["updates"]
+    updates.connections.ttl = updates.api_keys.ttl = 60  # only an announcement drops an entry here
+    updates.start(wait=5)
     yield app
 
 
