@@ -2,9 +2,8 @@
 
 One gunicorn, started exactly as production starts it (`-c gunicorn.conf.py`, only bound to
 loopback), serves the web. 100 connections whose tokens are not due (a tenant's busy set) are
-inserted directly;
-the requests cycle through them with the tenant's API key. `/healthz` and the token endpoint
-take turns at each level of a closed loop, then each runs at a fixed offered rate. A second
+inserted directly; the requests cycle through them with the tenant's API key. `/healthz` and the
+token endpoint take turns at each level of a closed loop, then each at a fixed offered rate. A second
 gunicorn with TOKEN_CACHE_SECONDS=0 measures the same path without the in-process caches (two
 database round trips per request), for comparison.
 """
@@ -109,7 +108,8 @@ def run(section: Section, quick: bool = False, levels: tuple[int, ...] = (16, 64
         f"processes × {conf['threads']} threads (gthread), access log on (to a file); database: {kind}; "
         "no Celery worker (nothing is due)",
         f"{connections:,} connections of one tenant, tokens expiring in two hours; the token requests cycle "
-        "through them with the tenant's API key",
+        "through them with the tenant's API key (each web process keeps a row for TOKEN_CACHE_SECONDS=5, so "
+        "a row read by a process is reused until then)",
         "load: a Python asyncio generator in the bench process, keep-alive connections over loopback",
         f"saturation: closed loop at {', '.join(map(str, levels))} connections, {seconds:g} s each, `/healthz` "
         "and the token endpoint taking turns at each level; the best level of each is compared",

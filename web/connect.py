@@ -9,7 +9,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from flask import Blueprint, Response, make_response, redirect, render_template, request
 from flask.typing import ResponseReturnValue
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from shared import pkce
@@ -47,20 +47,25 @@ def _page(status: int, title: str, message: str) -> tuple[str, int]:
     return render_template("message.html", title=title, message=message), status
 
 
+_links = ConnectSession.__table__
+# Built once: Core, no ORM bookkeeping, on every link opened.
+_CLAIM = (update(_links)
+          .where(_links.c.token_hash == bindparam("link_hash"), _links.c.used_at.is_(None),
+                 _links.c.expires_at > bindparam("now"))
+          .values(used_at=bindparam("now"))
+          .returning(_links.c.id, _links.c.integration_id))
+
+_NEW_ATTEMPT = insert(ConnectAttempt.__table__)
+
+
 @bp.get("/connect/<token>")
 def start(token: str) -> ResponseReturnValue:
     """Claim the single-use link, remember the state, and send the browser to the provider."""
     rt = runtime()
     now = utcnow()
     token_hash = digest(token)
-    with rt.db.session() as session:
-        claimed = session.execute(
-            update(ConnectSession)
-            .where(ConnectSession.token_hash == token_hash, ConnectSession.used_at.is_(None),
-                   ConnectSession.expires_at > now)
-            .values(used_at=now)
-            .returning(ConnectSession.id, ConnectSession.integration_id)
-        ).first()
+    with rt.db.autocommit() as session:  # one statement writes: one round trip
+        claimed = session.execute(_CLAIM, {"link_hash": token_hash, "now": now}).first()
         if claimed is None:
             return _refused_link(session, token_hash)
         target = targets.get(session, claimed.integration_id)
@@ -117,7 +122,7 @@ def callback() -> ResponseReturnValue:
                      "This sign-in was started in another browser. Start again from the app, in this browser.")
 
     attempt = ConnectAttempt(id=new_id("att"), session_id=pending.session_id)
-    with rt.db.session() as session:
+    with rt.db.autocommit() as session:  # one INSERT: one round trip
         target = targets.get(session, pending.integration_id)
         if target is None:
             return _page(404, "Link not found", "This sign-in no longer exists.")
@@ -132,7 +137,9 @@ def callback() -> ResponseReturnValue:
             rt.codes.put(attempt.id, args["code"], pending.code_verifier)
         if error:
             attempt.status, attempt.error, attempt.finished_at = "failed", error, utcnow()
-        session.add(attempt)
+        session.execute(_NEW_ATTEMPT, {"id": attempt.id, "session_id": attempt.session_id,
+                                       "status": attempt.status or "pending", "error": attempt.error,
+                                       "finished_at": attempt.finished_at, "created_at": utcnow()})
     if not error:
         rt.celery.send_task(EXCHANGE_CODE, args=[attempt.id], queue=INTERACTIVE_QUEUE, ignore_result=True)
     return redirect(f"/connect/attempts/{attempt.id}", 303)
