@@ -20,6 +20,7 @@ BENCHMARKS = {
     "token": "bench.token",
     "connect": "bench.connect",
     "refresh": "bench.refresh",
+    "proactive": "bench.proactive",
     "sweep": "bench.sweep",
     "stampede": "bench.stampede",
 }
