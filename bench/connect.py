@@ -241,7 +241,7 @@ def run(section: Section, quick: bool = False, levels: tuple[int, ...] = (4, 16,
         "(and PostgreSQL and Redis): its share is the `bench (this process)` CPU figure. Throughput is "
         "a lower bound of what the server would do alone; the ratio to hello world (same generator, "
         "same cost per request) is the fairer figure.")
-    if kind == "sqlite":
+    if kind == "sqlite" and database != "sqlite":
         section.notes.append("The database was SQLite (no PostgreSQL answered): production runs PostgreSQL.")
 
 

@@ -252,7 +252,7 @@ def run(section: Section, quick: bool = False, count: int = 10_000, processes: i
         "Caveat: workers, the sandbox, PostgreSQL, Redis and the bench share 2 cores; the CPU figures "
         "show where they went.",
     ]
-    if kind == "sqlite":
+    if kind == "sqlite" and database != "sqlite":
         section.notes.append("The database was SQLite (no PostgreSQL answered): production runs PostgreSQL.")
 
 
