@@ -26,6 +26,8 @@ BENCHMARKS = {
 }
 DATABASE_LABELS = {"postgresql": "PostgreSQL", "sqlite": "SQLite"}
 DEFAULT_REPORT = Path(__file__).resolve().parent / "report.md"
+README = Path(__file__).resolve().parent.parent / "README.md"
+README_START, README_END = "<!-- bench-summary -->", "<!-- /bench-summary -->"
 
 
 def _cell(text: str) -> str:
@@ -87,6 +89,22 @@ def render(sections: list[Section], facts: list[tuple[str, str]], argv: list[str
     return "\n".join(lines) + "\n"
 
 
+def _update_readme(sections: list[Section], databases: list[str], facts: list[tuple[str, str]]) -> None:
+    """Put the summary of a full run into the README, between its bench-summary markers."""
+    text = README.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    summary = _summary(sections, databases)
+    if start < 0 or end < start or not summary:
+        return
+    when = dict(facts).get("date (UTC)", "")
+    loads = [f"{s.key} ({DATABASE_LABELS[s.database]}): {s.idle:.2f}" for s in sections if s.idle is not None]
+    body = [f"Latest full run ({when}, commit {dict(facts).get('git commit', '?')}; other programs' load on "
+            f"the 2 cores just before each benchmark, in busy cores: {', '.join(loads)}):", ""]
+    body += [line.replace("## Summary", "").strip() for line in summary if line.strip() and line != "## Summary"]
+    README.write_text(text[:start + len(README_START)] + "\n" + "\n".join(body) + "\n" + text[end:])
+    say(f"README: {README}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("names", nargs="*", metavar="NAME",
@@ -115,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         sections.append(section)
         say(f"== {name} on {DATABASE_LABELS[database]}: {module.TITLE}")
         idle, waited = wait_for_quiet(patience=5.0 if args.quick else 60.0)
+        section.idle = idle
         if idle >= 0.3:
             say(f"  note: other programs keep {idle:.2f} cores busy (waited {waited:.0f} s for quiet); "
                 "figures will be low")
@@ -139,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         args.report.write_text(render(sections, facts, raw_argv, time.monotonic() - started, databases))
     args.report.write_text(render(sections, facts, raw_argv, time.monotonic() - started, databases))
     say(f"report: {args.report}")
+    if args.report.resolve() == DEFAULT_REPORT and not args.quick:
+        _update_readme(sections, databases, facts)
     return 0
 
 

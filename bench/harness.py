@@ -87,6 +87,7 @@ class Section:
     notes: list[str] = field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
+    idle: float | None = None  # busy cores of other programs just before it ran
 
     def add(self, name: str, value: str, goal: str = "", met: bool | None = None, headline: str = "") -> Figure:
         figure = Figure(name, value, goal, met, headline)
