@@ -14,7 +14,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bench.harness import Figure, Section, SkipBenchmark, machine_facts, say, wait_for_quiet
+from bench.harness import MAX_PATIENCE, Figure, Section, SkipBenchmark, machine_facts, say, wait_for_quiet
 
 BENCHMARKS = {
     "token": "bench.token",
@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="short runs and small sizes, to check the bench itself")
     parser.add_argument("--databases", default="postgresql,sqlite",
                         help="comma-separated, in order: postgresql, sqlite (default: both)")
+    parser.add_argument("--patience", type=float, default=60.0,
+                        help="the longest wait for other programs to quiet down before a measurement (60 s)")
     parser.add_argument("--report", type=Path, default=DEFAULT_REPORT, help=f"where to write the report ({DEFAULT_REPORT})")
     args = parser.parse_args(argv)
     raw_argv = sys.argv[1:] if argv is None else argv
@@ -119,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
     names = args.names or list(BENCHMARKS)
+    MAX_PATIENCE["seconds"] = args.patience
     databases = [d.strip() for d in args.databases.split(",") if d.strip()]
     if not databases or any(d not in DATABASE_LABELS for d in databases):
         parser.error(f"--databases takes {', '.join(DATABASE_LABELS)}")

@@ -232,9 +232,15 @@ def background_load(seconds: float = 1.0) -> float:
     return meter.stop().busy_cores
 
 
+# The longest any wait for quiet may last (`python -m bench --patience`): on a machine that is
+# never quiet, every wait would otherwise run to its end.
+MAX_PATIENCE = {"seconds": float("inf")}
+
+
 def wait_for_quiet(limit: float = 0.3, patience: float = 60.0) -> tuple[float, float]:
     """Wait (at most `patience` seconds) until other programs keep less than `limit` cores busy;
     answers the last reading and the seconds waited."""
+    patience = min(patience, MAX_PATIENCE["seconds"])
     began = time.monotonic()
     load = background_load()
     while load >= limit and time.monotonic() - began < patience:
