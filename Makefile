@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: dev test bench compose-check clean
+.PHONY: dev test bench screenshots compose-check clean
 
 # (Re)install whenever pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -24,6 +24,10 @@ test: $(STAMP)
 ## The benchmarks, with a report of figures in bench/report.md (BENCH_ARGS="connect --quick" picks and shortens).
 bench: $(STAMP)
 	$(VENV)/bin/python -m bench $(BENCH_ARGS)
+
+## The browser tests, saving their screenshots of the connect pages under docs/ (needs Debian's chromium).
+screenshots: $(STAMP)
+	SCREENSHOT_DIR=docs $(VENV)/bin/pytest -q tests/integration/test_browser.py
 
 ## Validate docker-compose.yml (with placeholder secrets unless they are set).
 ## Uses docker-compose where it is installed, else the `docker compose` plugin.

@@ -4,8 +4,12 @@ Environment: PORT (8000), WEB_CONCURRENCY (processes), WEB_THREADS (threads per 
 GUNICORN_TIMEOUT (seconds), GUNICORN_LOG_LEVEL (info)."""
 import multiprocessing
 import os
+import shutil
+import tempfile
 
 from gunicorn.glogging import Logger
+
+from shared.logs import gunicorn_logconfig
 
 
 def _int(name: str, default: int) -> int:
@@ -36,10 +40,13 @@ max_requests_jitter = 20_000
 # Behind a proxy (compose, a load balancer): honour its X-Forwarded-* headers.
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 
-# Logs go to stdout/stderr, for the process manager to collect.
+# Logs go to stderr, for the process manager to collect: one JSON object per line
+# (LOG_FORMAT=text for plain lines), with secrets redacted (shared/logs.py).
 accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
+logconfig_dict = gunicorn_logconfig(os.environ.get("LOG_FORMAT", "json").lower(),
+                                    os.environ.get("LOG_LEVEL", "INFO").upper())
 # Method and path only, never the query string: the OAuth callback carries the
 # authorization `code` (and `state`) in its query, and a code must never reach a
 # log. So no %(r)s (the request line), no %(q)s (the query) and no %(U)s?%(q)s.
@@ -67,9 +74,38 @@ logger_class = RedactingLogger
 control_socket_disable = True
 
 
+# Request metrics are counted in prometheus-client's multiprocess mode, so that
+# /metrics sums every process's counts: each process writes to files in this folder.
+# Set here, before any process imports prometheus_client; a fresh folder per start.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="oauth-keeper-metrics-")
+    _OWN_METRICS_DIR = True
+else:
+    _OWN_METRICS_DIR = False
+
+
 def on_starting(server: object) -> None:
     """Check the settings once in the master: a missing one stops gunicorn with one
-    line, instead of workers failing to boot over and over."""
+    line, instead of workers failing to boot over and over. Then start the metrics
+    from zero."""
     from shared.config import load_settings
 
     load_settings()
+    folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(folder, exist_ok=True)
+    for name in os.listdir(folder):
+        if name.endswith(".db"):
+            os.remove(os.path.join(folder, name))
+
+
+def child_exit(server: object, worker: object) -> None:
+    """A process that is gone no longer counts toward the live gauges."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined]
+
+
+def on_exit(server: object) -> None:
+    """Remove the metrics folder this configuration made."""
+    if _OWN_METRICS_DIR:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

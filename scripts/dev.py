@@ -90,6 +90,7 @@ def prepare_environment() -> None:
     port = os.environ.setdefault("PORT", "8000")
     os.environ.setdefault("PUBLIC_BASE_URL", f"http://127.0.0.1:{port}")
     os.environ.setdefault("WEB_CONCURRENCY", "2")  # enough for one developer, quick to start
+    os.environ.setdefault("LOG_FORMAT", "text")  # a terminal, not a collector
     os.environ["PYTHONUNBUFFERED"] = "1"
     # The children import this checkout's code, whatever the virtual environment holds.
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))

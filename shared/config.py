@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -51,6 +52,18 @@ class Settings(BaseSettings):
     # stay above it, or a slow task would be handed to a second worker.
     task_time_limit_seconds: int = Field(default=120, ge=5)
     broker_visibility_timeout_seconds: int = Field(default=3600, ge=10)
+    # One JSON object per log line for collectors; plain text in `make dev`.
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # When set, /metrics answers only to `Authorization: Bearer <METRICS_TOKEN>`.
+    metrics_token: str | None = Field(default=None, min_length=16)
+    # Each worker serves its own metrics on this port (off when unset).
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+
+    @field_validator("metrics_token", "worker_metrics_port", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("public_base_url")
     @classmethod

@@ -7,9 +7,10 @@ from flask import Flask, current_app, request
 from prometheus_client import CollectorRegistry
 from werkzeug.exceptions import HTTPException
 
+from shared import logs
 from shared.config import Settings, get_settings
 from shared.runtime import Runtime, build_runtime
-from web.metrics import StateCollector
+from web.metrics import StateCollector, count_requests
 from web.updates import UpdateListener
 
 
@@ -45,7 +46,15 @@ def create_app(settings: Settings | None = None, runtime_: Runtime | None = None
 
         app.register_blueprint(sandbox.bp)
     cli.register(app)
+    app.before_request(_log_context)
+    count_requests(app)
     return app
+
+
+def _log_context() -> None:
+    """Each request's log lines carry the ids in its path (a gthread thread serves many)."""
+    logs.clear()
+    logs.bind(**logs.ids_of(*(request.view_args or {}).values()))
 
 
 def runtime() -> Runtime:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from flask import current_app, g, request
 from sqlalchemy import bindparam, select
 
+from shared import logs
 from shared.crypto import digest
 from shared.models import Tenant
 from web import caches, runtime
@@ -42,3 +43,4 @@ def authenticate() -> None:
         raise ApiError(401, "unauthorized", "unknown API key",
                        headers={"WWW-Authenticate": 'Bearer realm="api", error="invalid_token"'})
     g.tenant_id = tenant_id
+    logs.bind(tenant_id=tenant_id)

@@ -1,10 +1,13 @@
 """Operations endpoints: liveness, readiness and Prometheus metrics."""
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app
+import hmac
+
+from flask import Blueprint, Response, current_app, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
+from shared import metrics as service_metrics
 from web import runtime
 
 bp = Blueprint("ops", __name__)
@@ -38,6 +41,14 @@ def readyz() -> tuple[dict[str, object], int]:
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    """Prometheus text: this process's own metrics, then the service's state."""
-    registry = current_app.extensions["metrics"]
-    return Response(generate_latest() + generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+    """Prometheus text: the web's counters (every process's), then the service's state.
+    With METRICS_TOKEN set, only for `Authorization: Bearer <METRICS_TOKEN>`."""
+    expected = runtime().settings.metrics_token
+    if expected:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
+            return Response("metrics need 'Authorization: Bearer <METRICS_TOKEN>'\n", 401, mimetype="text/plain",
+                            headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+    state = current_app.extensions["metrics"]
+    body = generate_latest(service_metrics.registry()) + generate_latest(state)
+    return Response(body, mimetype=CONTENT_TYPE_LATEST)

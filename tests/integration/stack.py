@@ -86,12 +86,13 @@ class Stack:
         wait_for(lambda: requests.get(f"{self.base_url}/healthz", timeout=1).ok, what="web /healthz")
         return process
 
-    def start_worker(self, name: str, concurrency: int = 8, queues: str | None = None) -> Process:
+    def start_worker(self, name: str, concurrency: int = 8, queues: str | None = None,
+                     env: dict[str, str] | None = None) -> Process:
         args = [str(BIN / "celery"), "-A", "worker", "worker", "-n", f"{name}@%h", "-c", str(concurrency),
                 "--loglevel", "INFO", "--without-mingle", "--without-gossip"]
         if queues:
             args += ["-Q", queues]
-        process = self.spawn(name, args)
+        process = self.spawn(name, args, env)
         wait_for(lambda: "ready." in process.output() or process.popen.poll() is not None, timeout=30,
                  what=f"worker {name}")
         assert process.popen.poll() is None, process.output()

@@ -1,0 +1,47 @@
+"""Metrics of a worker: refresh and exchange outcomes, counted from Celery's task
+signals, served on WORKER_METRICS_PORT by each worker process."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from celery import Task
+from celery.signals import task_postrun, task_prerun, worker_ready
+from prometheus_client import start_http_server
+
+from shared.config import get_settings
+from shared.metrics import EXCHANGES, REFRESH_LATENCY, REFRESHES
+from shared.queue import EXCHANGE_CODE, REFRESH_CONNECTION
+
+log = logging.getLogger(__name__)
+
+_started: dict[str, float] = {}
+_lock = threading.Lock()
+
+
+@worker_ready.connect
+def _serve(**_: Any) -> None:
+    port = get_settings().worker_metrics_port
+    if port:
+        start_http_server(port)
+        log.info("metrics on port %s", port)
+
+
+@task_prerun.connect
+def _start(task_id: str, **_: Any) -> None:
+    with _lock:
+        _started[task_id] = time.perf_counter()
+
+
+@task_postrun.connect
+def _count(task_id: str, task: Task, retval: Any = None, state: str | None = None, **_: Any) -> None:
+    with _lock:
+        started = _started.pop(task_id, None)
+    if task.name == REFRESH_CONNECTION:
+        REFRESHES.labels(retval if isinstance(retval, str) else (state or "error").lower()).inc()
+        if started is not None:
+            REFRESH_LATENCY.observe(time.perf_counter() - started)
+    elif task.name == EXCHANGE_CODE:
+        EXCHANGES.labels(retval if isinstance(retval, str) else (state or "error").lower()).inc()
