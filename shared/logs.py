@@ -32,6 +32,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]], .
         ([^"'&\s,;}\]]+)"""), lambda m: m.group(1) + REDACTED),
     (re.compile(r"(?i)\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 " + REDACTED),
     (re.compile(r"\bok_live_[A-Za-z0-9_-]+"), "ok_live_" + REDACTED),  # API keys
+    (re.compile(r"\bwhsec_[A-Za-z0-9_-]+"), "whsec_" + REDACTED),  # webhook signing secrets
     (re.compile(r"\bgAAAAA[A-Za-z0-9_=-]{20,}"), "[encrypted]"),  # Fernet ciphertext
     (re.compile(r"/connect/(?!attempts/)[A-Za-z0-9_-]{16,}"), "/connect/<token>"),  # single-use links
     # Any other long random-looking run (opaque tokens and codes, JWT segments): mixed

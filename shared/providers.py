@@ -137,7 +137,13 @@ def _authenticated(client: OAuthClient, form: dict[str, str]) -> tuple[dict[str,
     return form, headers
 
 
-def _post(url: str, form: dict[str, str], headers: dict[str, str], timeout: float) -> Answer:
+def post(url: str, body: dict[str, str] | bytes, headers: dict[str, str], timeout: float) -> Answer:
+    """POST once through the providers' HTTP session, bounded as a token call is (webhook
+    deliveries go out the same way); raise ProviderError when no answer came."""
+    return _post(url, body, headers, timeout)
+
+
+def _post(url: str, form: dict[str, str] | bytes, headers: dict[str, str], timeout: float) -> Answer:
     """POST once. Connecting and the first byte of the answer are each bounded by
     `timeout`, and the whole answer must have arrived `timeout` after the start, so a
     call never outlives the refresh lock (whose TTL is above twice the timeout)."""

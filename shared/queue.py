@@ -12,10 +12,15 @@ EXCHANGE_CODE = "connect.exchange_code"
 REFRESH_CONNECTION = "tokens.refresh_connection"
 SWEEP_DUE = "tokens.sweep_due"
 REFRESH_BATCH = "tokens.refresh_batch"
+DELIVER_WEBHOOK = "webhooks.deliver"
+REQUEUE_WEBHOOKS = "webhooks.requeue_due"
 # Work someone waits for (a browser, an API call) goes to its own queue, so that it
 # is never stuck behind the sweep's backlog; workers consume both.
 INTERACTIVE_QUEUE = "interactive"
 DEFAULT_QUEUE = "celery"
+# Webhook deliveries have a queue of their own, so they never wait behind refreshes
+# (and a tenant's slow endpoint never holds up a refresh).
+WEBHOOK_QUEUE = "webhooks"
 
 
 def build_celery(settings: Settings, name: str = "oauth") -> Celery:
@@ -33,7 +38,7 @@ def build_celery(settings: Settings, name: str = "oauth") -> Celery:
         "unacked_restore_throttle": 1,
     }
     app.conf.update(
-        task_queues=(Queue(INTERACTIVE_QUEUE), Queue(DEFAULT_QUEUE)),
+        task_queues=(Queue(INTERACTIVE_QUEUE), Queue(WEBHOOK_QUEUE), Queue(DEFAULT_QUEUE)),
         task_default_queue=DEFAULT_QUEUE,
         task_serializer="json",
         result_serializer="json",

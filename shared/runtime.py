@@ -11,6 +11,7 @@ from shared.crypto import Cipher
 from shared.db import Database
 from shared.nonces import CodeStore, StateStore
 from shared.queue import build_celery
+from shared.webhooks import send_after_commit
 
 
 @dataclass
@@ -30,6 +31,7 @@ class Runtime:
             self.celery = build_celery(self.settings)
         self.states = StateStore(self.redis, self.cipher)
         self.codes = CodeStore(self.redis, self.cipher)
+        send_after_commit(self.db.sessions, self.redis, self.celery)
 
 
 def build_runtime(settings: Settings, celery: Celery | None = None) -> Runtime:

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from shared.crypto import Cipher
 from shared.models import Connection, Event, new_id, utcnow
 from shared.providers import ProviderError, TokenSet
+from shared.webhooks import add_delivery
 
 
 def margin_for(lifetime_seconds: int | None, margin_seconds: int) -> float:
@@ -88,10 +89,13 @@ def fenced_update(session: Session, connection_id: str, version: int, values: di
 
 
 def record_event(session: Session, connection: Connection, type_: str, error: str | None = None) -> None:
-    """Append an entry to a connection's history."""
-    session.execute(insert(Event.__table__).values(id=new_id("evt"), connection_id=connection.id,
+    """Append an entry to a connection's history, and its webhook delivery (an outbox row
+    in the same transaction) when the type has one and the tenant has a URL."""
+    event_id, now = new_id("evt"), utcnow()
+    session.execute(insert(Event.__table__).values(id=event_id, connection_id=connection.id,
                                                     tenant_id=connection.tenant_id, type=type_, error=error,
-                                                    created_at=utcnow()))
+                                                    created_at=now))
+    add_delivery(session, connection, event_id, type_, error, now)
 
 
 class Failure(str, Enum):

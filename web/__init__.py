@@ -35,10 +35,11 @@ def create_app(settings: Settings | None = None, runtime_: Runtime | None = None
     app.extensions["metrics"] = CollectorRegistry(auto_describe=False)
     app.extensions["metrics"].register(StateCollector(rt))
 
-    from web import api, cli, connect, ops
+    from web import api, cli, connect, ops, webhooks
 
     app.register_blueprint(connect.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(webhooks.bp)
     app.register_blueprint(ops.bp)
     app.register_error_handler(HTTPException, api.api_http_error)
     if settings.sandbox_provider:

@@ -17,8 +17,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from shared.metrics import HTTP_LATENCY, HTTP_REQUESTS
-from shared.models import Connection, utcnow
-from shared.queue import DEFAULT_QUEUE, INTERACTIVE_QUEUE
+from shared.models import Connection, WebhookDelivery, utcnow
+from shared.queue import DEFAULT_QUEUE, INTERACTIVE_QUEUE, WEBHOOK_QUEUE
 from shared.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,8 @@ STATE_SECONDS = 15
 
 
 def count_state(rt: Runtime) -> dict[str, Any]:
-    """Connections by status, the refresh backlog and the failing ones: three index scans."""
+    """Connections by status, the refresh backlog, the failing ones and the webhook
+    deliveries still pending: four index scans."""
     horizon = utcnow() + timedelta(seconds=rt.settings.refresh_margin_seconds)
     with rt.db.session() as session:
         counts = dict(session.execute(select(Connection.status, func.count()).group_by(Connection.status)).all())
@@ -37,8 +38,11 @@ def count_state(rt: Runtime) -> dict[str, Any]:
             Connection.status == "active", Connection.expires_at <= horizon)) or 0
         failing = session.scalar(select(func.count()).select_from(Connection).where(
             Connection.status == "active", Connection.refresh_failures > 0)) or 0
+        # Through the index on next_attempt_at: delivered and given-up deliveries have none.
+        pending = session.scalar(select(func.count()).select_from(WebhookDelivery).where(
+            WebhookDelivery.next_attempt_at.is_not(None))) or 0
     return {"by_status": {status: counts.get(status, 0) for status in STATUSES}, "due": due, "failing": failing,
-            "computed_at": time.time()}
+            "webhook_pending": pending, "computed_at": time.time()}
 
 
 class StateCollector(Collector):
@@ -73,14 +77,21 @@ class StateCollector(Collector):
                                     "REFRESH_MARGIN_SECONDS (the refresh backlog, roughly).", value=state["due"])
             yield GaugeMetricFamily("oauth_connections_failing", "Active connections whose last refreshes failed.",
                                     value=state["failing"])
+            yield GaugeMetricFamily("oauth_webhook_deliveries_pending", "Webhook deliveries not yet delivered "
+                                    "nor given up (a growing figure means failing endpoints).",
+                                    value=state.get("webhook_pending", 0))
             yield GaugeMetricFamily("oauth_state_age_seconds", "How old the state figures above are.",
                                     value=max(0.0, time.time() - state["computed_at"]))
         queues = GaugeMetricFamily("oauth_queue_length", "Messages waiting in a Celery queue.", labels=["queue"])
+        names = (INTERACTIVE_QUEUE, WEBHOOK_QUEUE, DEFAULT_QUEUE)
+        pipe = self._rt.redis.pipeline(transaction=False)
+        for name in names:
+            pipe.llen(name)
         try:
-            lengths = self._rt.redis.pipeline(transaction=False).llen(INTERACTIVE_QUEUE).llen(DEFAULT_QUEUE).execute()
+            lengths = pipe.execute()
         except redis.RedisError:
             return
-        for queue, length in zip((INTERACTIVE_QUEUE, DEFAULT_QUEUE), lengths, strict=True):
+        for queue, length in zip(names, lengths, strict=True):
             queues.add_metric([queue], length)
         yield queues
 

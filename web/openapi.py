@@ -9,7 +9,8 @@ from typing import Any, get_args
 from pydantic import BaseModel
 
 from web.api import CONNECTION_STATUSES
-from web.schemas import ConnectSessionIn, IntegrationIn
+from shared.webhooks import WEBHOOK_TYPES
+from web.schemas import ConnectSessionIn, IntegrationIn, WebhookIn
 
 Schema = dict[str, Any]
 
@@ -75,6 +76,15 @@ SCHEMAS: dict[str, Schema] = {
     "EventList": _list_of("Event"),
     "AttemptStatus": _object({"status": {"type": "string", "enum": ["pending", "succeeded", "failed"]}},
                              {"connection_id": STRING, "error": STRING}),
+    "Webhook": _object({"url": _nullable(URI)}),
+    "WebhookWithSecret": _object({"url": URI, "secret": STRING}),
+    "Delivery": _object({
+        "id": STRING, "event_id": STRING, "type": {"type": "string", "enum": list(WEBHOOK_TYPES.values())},
+        "attempts": {"type": "integer", "minimum": 0}, "last_status": _nullable({"type": "integer"}),
+        "last_error": _nullable(STRING), "delivered_at": _nullable(TIME), "next_attempt_at": _nullable(TIME),
+        "created_at": TIME,
+    }),
+    "DeliveryPage": _list_of("Delivery", next_cursor=_nullable(STRING)),
     "Readiness": _object({"ready": {"type": "boolean"}, "checks": _object({"database": STRING, "redis": STRING})}),
 }
 
@@ -150,7 +160,7 @@ def _api(operation_id: str, tag: str, responses: dict[str, Schema], **more: Any)
     return {**_plain(operation_id, tag, responses, **more), "security": [{"bearerAuth": []}]}
 
 
-def _paths(integration_in: Schema, connect_session_in: Schema) -> dict[str, Schema]:
+def _paths(integration_in: Schema, connect_session_in: Schema, webhook_in: Schema) -> dict[str, Schema]:
     integration_id, connection_id = _path_param("integration_id"), _path_param("connection_id")
     token_answers = {"200": _ok("The access token", _ref("Token"), JSON, **{"Cache-Control": NO_STORE}),
                      **_use("Unauthorized", "NotFound", "NotUsable", "RefreshPending")}
@@ -209,6 +219,38 @@ def _paths(integration_in: Schema, connect_session_in: Schema) -> dict[str, Sche
                 **_use("Unauthorized", "NotFound"),
             }),
         },
+        "/api/v1/webhook": {
+            "put": _api("putWebhook", "webhooks", {
+                "200": _ok("The URL and the signing secret (made on the first PUT, new with rotate_secret)",
+                           _ref("WebhookWithSecret"), JSON, **{"Cache-Control": NO_STORE}),
+                **_use("InvalidJson", "Unauthorized", "TooLarge", "InvalidFields"),
+            }, requestBody={"required": True, "content": _content(webhook_in)}),
+            "get": _api("getWebhook", "webhooks", {
+                "200": _ok("The URL (null when none is set), never the secret", _ref("Webhook")),
+                **_use("Unauthorized"),
+            }),
+            "delete": _api("deleteWebhook", "webhooks", {
+                "204": {"description": "The URL and secret are removed; pending deliveries are dropped"},
+                **_use("Unauthorized"),
+            }),
+        },
+        "/api/v1/webhook/deliveries": {
+            "get": _api("listWebhookDeliveries", "webhooks", {
+                "200": _ok("A page of deliveries, newest first", _ref("DeliveryPage")),
+                "400": _error("A bad query parameter", "invalid_cursor", "invalid_limit"),
+                **_use("Unauthorized"),
+            }, parameters=[_query("limit", {"type": "integer", "default": 50, "minimum": 1, "maximum": 200},
+                                  "page size; values outside 1..200 are clamped"),
+                           _query("cursor", STRING, "the next_cursor of the previous page")]),
+        },
+        "/api/v1/webhook/deliveries/{delivery_id}/retry": {
+            "parameters": [_path_param("delivery_id")],
+            "post": _api("retryWebhookDelivery", "webhooks", {
+                "202": _ok("The delivery, due now", _ref("Delivery")),
+                **_use("Unauthorized", "NotFound"),
+                "409": _error("The tenant has no webhook URL", "webhook_not_set"),
+            }),
+        },
         "/api/v1/openapi.json": {"get": _plain("getOpenApi", "meta", {"200": _ok("This document", OBJECT)})},
         "/connect/{token}": {
             "parameters": [_path_param("token")],
@@ -251,10 +293,11 @@ def document() -> dict[str, Any]:
     schemas = dict(SCHEMAS)
     integration_in = _body_schema(IntegrationIn, schemas)
     connect_session_in = _body_schema(ConnectSessionIn, schemas)
+    webhook_in = _body_schema(WebhookIn, schemas)
     return {
         "openapi": "3.1.0",
         "info": {"title": "OAuth token service", "version": "1"},
-        "paths": _paths(integration_in, connect_session_in),
+        "paths": _paths(integration_in, connect_session_in, webhook_in),
         "components": {
             "schemas": schemas,
             "responses": {name: answer for name, (_, answer) in SHARED_ERRORS.items()},

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 # Set by the service on every authorize URL; a tenant overriding one would break the flow.
 RESERVED_AUTHORIZE_PARAMS = frozenset({"response_type", "response_mode", "client_id", "redirect_uri", "scope",
@@ -71,3 +71,12 @@ class ConnectSessionIn(Body):
 
     _return_url = field_validator("return_url")(_absolute_http_url)
 
+
+
+class WebhookIn(Body):
+    """`PUT /api/v1/webhook`."""
+
+    url: str = Field(max_length=2000)
+    rotate_secret: StrictBool = False
+
+    _url = field_validator("url")(_absolute_http_url)

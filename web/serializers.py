@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from shared.models import Connection, Event, Integration
+from shared.models import Connection, Event, Integration, WebhookDelivery
 
 
 def iso(value: datetime | None) -> str | None:
@@ -51,3 +51,18 @@ def connection_json(connection: Connection) -> dict[str, Any]:
 def event_json(event: Event) -> dict[str, Any]:
     """One entry of a connection's history."""
     return {"id": event.id, "type": event.type, "error": event.error, "created_at": iso(event.created_at)}
+
+
+def delivery_json(delivery: WebhookDelivery) -> dict[str, Any]:
+    """One webhook delivery: its event, attempts and outcome."""
+    return {
+        "id": delivery.id,
+        "event_id": delivery.event_id,
+        "type": delivery.type,
+        "attempts": delivery.attempts,
+        "last_status": delivery.last_status,
+        "last_error": delivery.last_error,
+        "delivered_at": iso(delivery.delivered_at),
+        "next_attempt_at": iso(delivery.next_attempt_at),
+        "created_at": iso(delivery.created_at),
+    }

@@ -7,15 +7,16 @@ from typing import Any
 from celery.signals import worker_process_init
 
 from shared.config import get_settings
-from shared.queue import SWEEP_DUE, build_celery
+from shared.queue import REQUEUE_WEBHOOKS, SWEEP_DUE, WEBHOOK_QUEUE, build_celery
 from shared.runtime import Runtime, build_runtime
+from shared.webhooks import REQUEUE_SECONDS
 
 BEAT_LOCK_SECONDS = 30
 
 settings = get_settings()
 celery = build_celery(settings, name="worker")
 celery.conf.update(
-    imports=("worker.exchange", "worker.refresh", "worker.sweep"),
+    imports=("worker.exchange", "worker.refresh", "worker.sweep", "worker.webhooks"),
     # Tasks spend their time waiting on providers and the database: threads
     # give many concurrent calls per process at little memory.
     worker_pool="threads",
@@ -26,6 +27,12 @@ celery.conf.update(
             "schedule": float(settings.refresh_sweep_seconds),
             # A sweep nobody ran in time is dropped: the next one covers it.
             "options": {"expires": float(settings.refresh_sweep_seconds)},
+        },
+        # Webhook retries whose time has come, and deliveries a crash kept from the queue.
+        "requeue-webhooks": {
+            "task": REQUEUE_WEBHOOKS,
+            "schedule": float(REQUEUE_SECONDS),
+            "options": {"expires": float(REQUEUE_SECONDS), "queue": WEBHOOK_QUEUE},
         },
     },
     # RedBeat keeps the schedule in Redis behind a lock, so of any number of beat

@@ -98,6 +98,14 @@ class Stack:
         assert process.popen.poll() is None, process.output()
         return process
 
+    def start_beat(self) -> Process:
+        """The beat scheduler (RedBeat): the periodic sweep and webhook re-queue."""
+        process = self.spawn("beat", [str(BIN / "celery"), "-A", "worker", "beat", "--loglevel", "INFO"])
+        wait_for(lambda: "beat: Starting" in process.output() or process.popen.poll() is not None, timeout=30,
+                 what="beat")
+        assert process.popen.poll() is None, process.output()
+        return process
+
     def stop_all(self) -> None:
         for process in reversed(self.processes):
             process.stop()

@@ -136,7 +136,8 @@ def test_request_bodies_come_from_the_pydantic_models(doc: dict[str, Any]) -> No
     bodies = {path: op["requestBody"]["content"]["application/json"]["schema"]
               for path, _, op in _operations(doc) if "requestBody" in op}
     assert bodies == {"/api/v1/integrations": {"$ref": "#/components/schemas/IntegrationIn"},
-                      "/api/v1/connect-sessions": {"$ref": "#/components/schemas/ConnectSessionIn"}}
+                      "/api/v1/connect-sessions": {"$ref": "#/components/schemas/ConnectSessionIn"},
+                      "/api/v1/webhook": {"$ref": "#/components/schemas/WebhookIn"}}
     assert "client_secret" not in schemas["Integration"]["properties"]
 
 
@@ -158,8 +159,8 @@ def test_the_documented_error_codes_are_the_ones_the_views_raise(doc: dict[str, 
         assert "Retry-After" in pending["headers"]
     params = {p["name"] for p in doc["paths"][connections]["get"]["parameters"]}
     assert params == {"end_user_id", "integration_id", "status", "limit", "cursor"}
-    for path, method, _ in _operations(doc):
-        assert method != "delete" and "webhook" not in path  # not implemented yet
+    assert _codes(doc, "/api/v1/webhook/deliveries/{delivery_id}/retry", "post", "409") == {"webhook_not_set"}
+    assert _codes(doc, "/api/v1/webhook/deliveries", "get", "400") == {"invalid_cursor", "invalid_limit"}
 
 
 # --- the real answers match the documented schemas -------------------------------------
@@ -234,6 +235,13 @@ def test_the_real_answers_match_the_document(app: Flask, doc: dict[str, Any], te
         ("get", "/api/v1/connections/{connection_id}/token", f"/api/v1/connections/{stuck}/token", 409, {}),
         ("post", "/api/v1/connections/{connection_id}/refresh", f"/api/v1/connections/{stuck}/refresh", 409, {}),
         ("get", "/api/v1/connections/{connection_id}/events", f"/api/v1/connections/{stuck}/events", 200, {}),
+        ("get", "/api/v1/webhook", "/api/v1/webhook", 200, {}),
+        ("put", "/api/v1/webhook", "/api/v1/webhook", 200, {"json": {"url": "https://hooks.example/in"}}),
+        ("put", "/api/v1/webhook", "/api/v1/webhook", 422, {"json": {"url": "nope"}}),
+        ("get", "/api/v1/webhook", "/api/v1/webhook", 200, {}),
+        ("get", "/api/v1/webhook/deliveries", "/api/v1/webhook/deliveries", 200, {}),
+        ("post", "/api/v1/webhook/deliveries/{delivery_id}/retry", "/api/v1/webhook/deliveries/whd_nope/retry",
+         404, {}),
         ("get", "/readyz", "/readyz", 200, {}),
         ("get", "/connect/attempts/{attempt_id}", "/connect/attempts/att_nope", 404,
          {"headers": {"Accept": "application/json"}}),

@@ -4,7 +4,7 @@ from __future__ import annotations
 import fakeredis
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.queue import DEFAULT_QUEUE
+from shared.queue import DEFAULT_QUEUE, WEBHOOK_QUEUE
 from shared.runtime import Runtime
 from tests.conftest import seed_connections
 from web import create_app
@@ -19,6 +19,7 @@ def test_metrics_count_connections_the_backlog_and_the_queues(memory_runtime: Ru
     seed_connections(memory_runtime, [-10, 30, 5000, None])
     seed_connections(memory_runtime, [10], status="needs_reauth")
     memory_runtime.redis.rpush(DEFAULT_QUEUE, "m1", "m2")
+    memory_runtime.redis.rpush(WEBHOOK_QUEUE, "m3")
     response = create_app(runtime_=memory_runtime).test_client().get("/metrics")
     assert response.status_code == 200 and response.mimetype == "text/plain"
     samples = _samples(response.get_data(as_text=True))
@@ -29,6 +30,8 @@ def test_metrics_count_connections_the_backlog_and_the_queues(memory_runtime: Ru
     assert samples[("oauth_connections_failing", ())] == 0
     assert samples[("oauth_queue_length", (("queue", "celery"),))] == 2
     assert samples[("oauth_queue_length", (("queue", "interactive"),))] == 0
+    assert samples[("oauth_queue_length", (("queue", "webhooks"),))] == 1
+    assert samples[("oauth_webhook_deliveries_pending", ())] == 0
     assert any(name.startswith("process_") or name.startswith("python_") for name, _ in samples)
 
 
