@@ -1,10 +1,13 @@
 """Settings: read from the environment once, in one place, and passed in."""
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
+from cryptography.fernet import Fernet
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -70,6 +73,26 @@ class Settings(BaseSettings):
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/")
 
+    @field_validator("token_encryption_keys")
+    @classmethod
+    def _fernet_keys(cls, value: str) -> str:
+        keys = [k.strip() for k in value.split(",") if k.strip()]
+        if not keys:
+            raise ValueError("needs at least one Fernet key")
+        for position, key in enumerate(keys, 1):
+            try:
+                Fernet(key.encode())
+            except (ValueError, TypeError):
+                raise ValueError(f"key {position} is not a Fernet key (32 url-safe base64-encoded bytes)") from None
+        return value
+
+    @model_validator(mode="after")
+    def _sandbox_only_in_development(self) -> "Settings":
+        # The sandbox hands out tokens to anyone; a public https deployment must not mount it.
+        if self.sandbox_provider and self.secure_cookies and not _is_loopback(self.public_base_url):
+            raise ValueError("SANDBOX_PROVIDER must be off when PUBLIC_BASE_URL is https on a non-loopback host")
+        return self
+
     @model_validator(mode="after")
     def _visibility_above_time_limit(self) -> "Settings":
         if self.broker_visibility_timeout_seconds <= self.task_time_limit_seconds:
@@ -97,6 +120,16 @@ class Settings(BaseSettings):
         return self.public_base_url.startswith("https://")
 
 
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _first_problem(error: ValidationError) -> str:
     problem = error.errors()[0]
     if not problem["loc"]:
@@ -104,7 +137,7 @@ def _first_problem(error: ValidationError) -> str:
     name = str(problem["loc"][0]).upper()
     if problem["type"] == "missing":
         return f"configuration error: {name} is required"
-    return f"configuration error: {name}: {problem['msg']}"
+    return f"configuration error: {name}: {problem['msg'].removeprefix('Value error, ')}"
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -1,29 +1,310 @@
-"""Where the workers may send requests: a tenant names the token and revocation URLs,
-so without a check a tenant could make the service call its own network (SSRF)."""
+"""Where the service may send requests, and the one HTTP client that sends them.
+
+Tenants name the URLs the workers call (token, revocation and webhook URLs), so
+without a guard a tenant could make the service call its own network (SSRF). The
+rules, applied alike when a URL is saved (`validate_url`) and on every call (the
+transport adapter of `http_session`):
+
+- a URL is parsed once, by urllib3's parser, the one requests connects with;
+  userinfo, backslashes, whitespace, control characters and numeric host forms
+  other than canonical IP literals are refused;
+- without `allow_private`, https is required where asked, and the name is resolved
+  once: every address must be public, IPv6 forms that embed an IPv4 address
+  (mapped, compatible, NAT64, 6to4, Teredo) judged by the address they embed;
+- the call connects to the address that was checked, while TLS (SNI and the
+  certificate) and `Host` keep the name; redirects are never followed and proxies
+  from the environment are never used.
+"""
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
-from urllib.parse import urlsplit
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3 import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3._collections import RecentlyUsedContainer
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    LocationParseError,
+    NewConnectionError,
+)
+from urllib3.util import Url, parse_url
+from urllib3.util.connection import create_connection
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+MAX_BODY_BYTES = 1 << 20
+MAX_URL_CHARS = 2048
+# Hosts as DNS names: letters, digits, hyphens, underscores, dots (after IDNA).
+LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+HOSTNAME = re.compile(rf"(?=.{{1,253}}\.?$){LABEL}(?:\.{LABEL})*\.?")
+# A last label that inet_aton would read as a number (`127.1`, `0x7f.1`, `2130706433`).
+NUMERIC_LABEL = re.compile(r"(0x[0-9a-f]*|[0-9]+)")
+NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+POOLS_KEPT = 64
 
 
 class ForbiddenAddress(ValueError):
-    """The URL's host is, or resolves to, an address that is not public."""
+    """The URL is malformed for egress, or its host is, or resolves to, a non-public address."""
 
 
-def check_public(url: str) -> None:
-    """Raise ForbiddenAddress unless every address of the URL's host is a global one
-    (no loopback, private, link-local or cloud-metadata address)."""
-    parts = urlsplit(url)
-    host = parts.hostname
-    if not host:
-        raise ForbiddenAddress("the URL has no host")
+@dataclass(frozen=True)
+class Rules:
+    """What a call may reach: private and loopback addresses, plain http."""
+
+    allow_private: bool = False
+    require_https: bool = True
+
+    @classmethod
+    def for_tenant_urls(cls, allow_private_provider_urls: bool) -> "Rules":
+        """The rules of URLs a tenant names (token, revocation, webhook): https and public
+        addresses, or anything when ALLOW_PRIVATE_PROVIDER_URLS is on."""
+        return cls(allow_private=allow_private_provider_urls, require_https=not allow_private_provider_urls)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An HTTP answer read in full within the deadline."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class AnswerTooLarge(Exception):
+    """The answer's body went past the limit."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__("answer too large")
+        self.status = status
+
+
+def parse(url: str, require_https: bool) -> Url:
+    """The URL as urllib3 reads it, or ForbiddenAddress naming what is wrong with it."""
+    if not isinstance(url, str) or not url:
+        raise ForbiddenAddress("the URL is empty")
+    if len(url) > MAX_URL_CHARS:
+        raise ForbiddenAddress("the URL is too long")
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
+        raise ForbiddenAddress("the URL contains whitespace or control characters")
+    if "\\" in url:
+        raise ForbiddenAddress("the URL contains a backslash")
     try:
-        infos = socket.getaddrinfo(host, parts.port or (443 if parts.scheme == "https" else 80),
-                                   proto=socket.IPPROTO_TCP)
-    except (socket.gaierror, UnicodeError) as error:
-        raise ForbiddenAddress(f"the host {host!r} does not resolve") from error
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if not address.is_global:
-            raise ForbiddenAddress(f"the host {host!r} resolves to a non-public address ({address})")
+        parts = parse_url(url)
+    except LocationParseError:
+        raise ForbiddenAddress("the URL cannot be parsed") from None
+    if parts.scheme not in ("http", "https"):
+        raise ForbiddenAddress("the URL must be http or https")
+    if require_https and parts.scheme != "https":
+        raise ForbiddenAddress("the URL must be https")
+    if parts.auth is not None or "@" in (parts.netloc or ""):
+        raise ForbiddenAddress("the URL must not carry a user or password")
+    if parts.fragment is not None:
+        raise ForbiddenAddress("the URL must not have a fragment")
+    if not parts.host:
+        raise ForbiddenAddress("the URL has no host")
+    if parts.port == 0:
+        raise ForbiddenAddress("the URL's port is invalid")
+    _literal_or_name(parts.host)
+    return parts
+
+
+def _literal_or_name(host: str) -> IPAddress | None:
+    """The IP address a host names literally, None for a DNS name; ForbiddenAddress for
+    anything else, such as the numeric forms that resolvers read as IPv4."""
+    if host.startswith("["):
+        try:
+            return ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ForbiddenAddress("the URL's IPv6 address is invalid") from None
+    try:
+        return ipaddress.IPv4Address(host)
+    except ValueError:
+        pass
+    if not HOSTNAME.fullmatch(host):
+        raise ForbiddenAddress("the URL's host is not a valid name")
+    if NUMERIC_LABEL.fullmatch(host.rstrip(".").rsplit(".", 1)[-1]):
+        raise ForbiddenAddress("the URL's host is a numeric form other than a plain IPv4 address")
+    return None
+
+
+def embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries (mapped, compatible, NAT64, 6to4, Teredo)."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return None
+    if address.ipv4_mapped:
+        return address.ipv4_mapped
+    if address.sixtofour:
+        return address.sixtofour
+    if address.teredo:
+        return address.teredo[1]
+    if any(address in network for network in NAT64) or (address in IPV4_COMPATIBLE and int(address) > 1):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
+def is_public(address: IPAddress) -> bool:
+    """Whether an address is globally routable unicast, judging embedded IPv4 by itself."""
+    inner = embedded_ipv4(address)
+    if inner is not None:
+        return is_public(inner)
+    return address.is_global and not address.is_multicast and not address.is_reserved
+
+
+def resolve(host: str, port: int) -> list[IPAddress]:
+    """Every address the name resolves to, once (tests replace this with a stub)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        raise ForbiddenAddress(f"the host {host!r} does not resolve") from None
+    return [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
+
+
+def pin(parts: Url, rules: Rules) -> IPAddress:
+    """Resolve the URL's host once and return the address to connect to; every address
+    it resolves to must be public unless the rules allow private ones."""
+    host = parts.host or ""
+    literal = _literal_or_name(host)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    addresses = [literal] if literal is not None else resolve(host, port)
+    if not addresses:
+        raise ForbiddenAddress(f"the host {host!r} does not resolve")
+    if not rules.allow_private:
+        for address in addresses:
+            if not is_public(address):
+                raise ForbiddenAddress(f"the host {host!r} resolves to a non-public address ({address})")
+    return addresses[0]
+
+
+def validate_url(url: str, *, allow_private: bool, require_https: bool) -> str:
+    """Check a URL before it is saved: well-formed, and (unless private networks are
+    allowed) https where required and resolving to public addresses only."""
+    parts = parse(url, require_https and not allow_private)
+    if not allow_private:  # a private name may resolve only where the workers run
+        pin(parts, Rules(allow_private=False, require_https=require_https))
+    return url
+
+
+class _PinnedConnection(HTTPConnection):
+    """Opens its socket to the checked address; everything else (`Host`, and for TLS the
+    SNI name and the certificate check) keeps the name."""
+
+    def __init__(self, *args: Any, pinned_address: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pinned_address = pinned_address
+
+    def _new_conn(self) -> socket.socket:
+        try:
+            return create_connection((self.pinned_address, self.port), self.timeout,
+                                     source_address=self.source_address, socket_options=self.socket_options)
+        except TimeoutError as error:
+            raise ConnectTimeoutError(self, f"connecting to {self.host} timed out") from error
+        except OSError as error:
+            raise NewConnectionError(self, f"failed to connect to {self.host}: {error}") from error
+
+
+class _PinnedHTTPConnection(_PinnedConnection):
+    """Plain HTTP to the checked address."""
+
+
+class _PinnedHTTPSConnection(_PinnedConnection, HTTPSConnection):
+    """TLS to the checked address (HTTPSConnection's connect calls `_new_conn`)."""
+
+
+class _PinnedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _PinnedHTTPConnection
+
+
+class _PinnedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _PinnedHTTPSConnection
+
+
+class PinnedAdapter(HTTPAdapter):
+    """A transport adapter that checks every request's URL under its rules, resolves the
+    name once, and sends through a pool whose connections open to that address."""
+
+    def __init__(self, rules: Rules) -> None:
+        self.rules = rules
+        self._pools: RecentlyUsedContainer[tuple[str, str, int, str], HTTPConnectionPool] = RecentlyUsedContainer(
+            POOLS_KEPT, dispose_func=lambda pool: pool.close())
+        self._pools_lock = threading.Lock()
+        super().__init__(pool_connections=1, pool_maxsize=4, max_retries=0)
+
+    def get_connection_with_tls_context(self, request: requests.PreparedRequest, verify: bool | str | None,
+                                        proxies: Mapping[str, str] | None = None,
+                                        cert: Any = None) -> HTTPConnectionPool:
+        """The pool for the request's checked address (requests calls this for every send)."""
+        parts = parse(request.url or "", self.rules.require_https)
+        address = str(pin(parts, self.rules))
+        scheme, host = parts.scheme or "http", parts.host or ""
+        port = parts.port or (443 if scheme == "https" else 80)
+        key = (scheme, host, port, address)
+        with self._pools_lock:
+            pool = self._pools.get(key)
+            if pool is None:
+                pool = self._new_pool(scheme, host, port, address, verify, cert)
+                self._pools[key] = pool
+        return pool
+
+    def _new_pool(self, scheme: str, host: str, port: int, address: str, verify: bool | str | None,
+                  cert: Any) -> HTTPConnectionPool:
+        if scheme == "http":
+            return _PinnedHTTPPool(host, port, maxsize=4, block=False, pinned_address=address)
+        kwargs: dict[str, Any] = {"cert_reqs": "CERT_REQUIRED" if verify is not False else "CERT_NONE"}
+        if isinstance(verify, str):
+            kwargs["ca_certs"] = verify
+        return _PinnedHTTPSPool(host, port, maxsize=4, block=False, pinned_address=address, **kwargs)
+
+    def close(self) -> None:
+        """Close every pool."""
+        super().close()
+        with self._pools_lock:
+            self._pools.clear()
+
+
+_local = threading.local()
+
+
+def http_session(rules: Rules) -> requests.Session:
+    """The thread's pooled session for calls under these rules: pinned addresses, and no
+    proxies or netrc from the environment. Send through `post`, which never follows redirects."""
+    sessions: dict[Rules, requests.Session] = _local.__dict__.setdefault("sessions", {})
+    session = sessions.get(rules)
+    if session is None:
+        session = sessions[rules] = requests.Session()
+        session.trust_env = False
+        adapter = PinnedAdapter(rules)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+    return session
+
+
+def post(url: str, rules: Rules, *, timeout: float, data: Any = None, json: Any = None,
+         headers: Mapping[str, str] | None = None, verify: bool | str = True) -> Answer:
+    """POST once under the rules. Connecting and the first byte of the answer are each
+    bounded by `timeout`, and the whole answer must have arrived `timeout` after the
+    start, so a call lasts at most about twice the timeout. Raises ForbiddenAddress,
+    AnswerTooLarge, or requests' exceptions (`requests.Timeout` for the deadline)."""
+    deadline = time.monotonic() + timeout
+    parse(url, rules.require_https)  # the raw URL, before requests normalizes anything
+    with http_session(rules).post(url, data=data, json=json, headers=dict(headers or {}),
+                                  timeout=(timeout, timeout), allow_redirects=False, stream=True,
+                                  verify=verify) as response:
+        body = bytearray()
+        # read1 returns whatever has arrived, so the deadline is checked as bytes come.
+        while chunk := response.raw.read1(16384, decode_content=True):
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                raise AnswerTooLarge(response.status_code)
+            if time.monotonic() > deadline:
+                raise requests.Timeout("the answer did not arrive in time")
+        return Answer(response.status_code, response.headers, bytes(body))

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from shared.config import Settings
 from shared.crypto import Cipher
+from shared.egress import Rules
 from shared.models import Integration
 from shared.providers import OAuthClient
 from shared.runtime import Runtime
@@ -62,18 +63,19 @@ class TargetCache:
 
 @lru_cache(maxsize=4096)
 def _client(cipher: Cipher, client_id: str, secret_enc: str, token_url: str, auth_method: str,
-            public_only: bool) -> OAuthClient:
+            rules: Rules) -> OAuthClient:
     return OAuthClient(client_id=client_id, client_secret=cipher.decrypt(secret_enc), token_url=token_url,
-                       auth_method=auth_method, public_only=public_only)
+                       auth_method=auth_method, rules=rules)
 
 
-def public_only(settings: Settings, provider: str) -> bool:
-    """Whether an integration's server-side URLs must be public: always, unless private
-    networks are allowed or it is the built-in sandbox (this service itself)."""
-    return not settings.allow_private_provider_urls and provider != "sandbox"
+def egress_rules(settings: Settings, provider: str) -> Rules:
+    """What an integration's server-side URLs may reach. The built-in sandbox is this
+    service itself (its URLs are always its own); every other provider needs https and
+    public addresses, unless private provider URLs are allowed (make dev, on-premises)."""
+    return Rules.for_tenant_urls(provider == "sandbox" or settings.allow_private_provider_urls)
 
 
 def oauth_client(rt: Runtime, integration: Integration) -> OAuthClient:
     """The token-endpoint client of an integration, its secret decrypted in memory only."""
     return _client(rt.cipher, integration.client_id, integration.client_secret_enc, integration.token_url,
-                   integration.token_auth_method, public_only(rt.settings, integration.provider))
+                   integration.token_auth_method, egress_rules(rt.settings, integration.provider))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import redis
@@ -42,7 +42,7 @@ class PendingState:
 
     session_id: str
     integration_id: str
-    code_verifier: str
+    code_verifier: str = field(repr=False)
     binding_hash: str
 
 

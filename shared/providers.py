@@ -3,18 +3,18 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
+import math
+import re
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
-from urllib.request import getproxies_environment
 
 import requests
 
-from shared.egress import ForbiddenAddress, check_public
+from shared import egress
+from shared.egress import AnswerTooLarge, ForbiddenAddress, Rules
 
 RESPONDIO_AUTHORIZE_URL = "https://app.respond.io/oauth/authorize"
 RESPONDIO_TOKEN_URL = "https://app.respond.io/oauth/token"
@@ -58,71 +58,72 @@ class OAuthClient:
     """What a token-endpoint call needs of an integration, with the secret decrypted."""
 
     client_id: str
-    client_secret: str
+    client_secret: str = field(repr=False)
     token_url: str
     auth_method: str = "client_secret_basic"
-    # Checked before every call: the URL must resolve to public addresses only.
-    public_only: bool = True
+    # What the call may reach (checked again on every call, at the address connected to).
+    rules: Rules = Rules()
 
 
 @dataclass(frozen=True)
 class TokenSet:
     """A successful token response."""
 
-    access_token: str
+    access_token: str = field(repr=False)
     token_type: str
-    refresh_token: str | None
+    refresh_token: str | None = field(repr=False)
     expires_in: int | None
     scopes: list[str] | None
 
 
 class ProviderError(Exception):
-    """The provider answered with an error, or could not be reached."""
+    """The provider answered with an error, or could not be reached. `refresh_token` is a
+    new refresh token an otherwise unusable answer carried: the provider has rotated, so
+    the caller must keep it."""
 
     def __init__(self, message: str, *, status: int | None = None, error: str | None = None,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None, refresh_token: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.error = error
         self.retry_after = retry_after
+        self.refresh_token = refresh_token
 
 
-@dataclass(frozen=True)
-class Answer:
-    """An HTTP answer read in full within the deadline."""
+MAX_RETRY_AFTER_SECONDS = 3600.0
+# Ten years: longer lifetimes are nonsense, and `1e12` would overflow a datetime.
+MAX_EXPIRES_IN = 10 * 365 * 24 * 3600
+MAX_TOKEN_TYPE_CHARS = 32  # the column's width
+MAX_TOKEN_CHARS = 16384
+MAX_SCOPES = 200
+TOKEN_CHARS = re.compile(r"[\x20-\x7e]+")  # RFC 6749 VSCHAR (and space in scopes)
+TOKEN_TYPE = re.compile(r"[A-Za-z0-9_.-]+")
+ERROR_CODE = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")  # outside RFC 6749 §5.2 `error` characters
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
 
-
-MAX_BODY_BYTES = 1 << 20
-_local = threading.local()
-
-
-def _http() -> requests.Session:
-    """A pooled HTTP session per thread. Without proxy variables in the environment,
-    requests is told not to read it: that look-up costs more CPU than the call itself."""
-    session = getattr(_local, "session", None)
-    if session is None:
-        session = _local.session = requests.Session()
-        session.trust_env = bool(getproxies_environment())
-    return session
+def clean_text(value: object, limit: int) -> str:
+    """Provider-supplied text made safe to log and store: one line, no control
+    characters, at most `limit` characters."""
+    text = CONTROL.sub(" ", value if isinstance(value, str) else "").strip()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """`Retry-After` as seconds from now: delta-seconds or an HTTP date (RFC 9110)."""
+    """`Retry-After` as seconds from now (delta-seconds or an HTTP date, RFC 9110),
+    bounded to an hour."""
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError):
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - (now if now is not None else time.time())
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    if math.isnan(seconds):
         return None
-    return max(0.0, when - (now if now is not None else time.time()))
+    return min(max(0.0, seconds), MAX_RETRY_AFTER_SECONDS)
 
 
 def _authenticated(client: OAuthClient, form: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
@@ -137,73 +138,107 @@ def _authenticated(client: OAuthClient, form: dict[str, str]) -> tuple[dict[str,
     return form, headers
 
 
-def post(url: str, body: dict[str, str] | bytes, headers: dict[str, str], timeout: float) -> Answer:
-    """POST once through the providers' HTTP session, bounded as a token call is (webhook
-    deliveries go out the same way); raise ProviderError when no answer came."""
-    return _post(url, body, headers, timeout)
-
-
-def _post(url: str, form: dict[str, str] | bytes, headers: dict[str, str], timeout: float) -> Answer:
-    """POST once. Connecting and the first byte of the answer are each bounded by
-    `timeout`, and the whole answer must have arrived `timeout` after the start, so a
-    call never outlives the refresh lock (whose TTL is above twice the timeout)."""
-    deadline = time.monotonic() + timeout
+def post(url: str, rules: Rules, body: dict[str, str] | bytes, headers: dict[str, str],
+         timeout: float) -> egress.Answer:
+    """POST once through the egress guard, bounded as a token call is (webhook deliveries
+    go out the same way); every way it can fail without an answer is a ProviderError."""
     try:
-        with _http().post(url, data=form, headers=headers, timeout=(timeout, timeout), allow_redirects=False,
-                          stream=True) as response:
-            body = bytearray()
-            # read1 returns whatever has arrived, so the deadline is checked as bytes come.
-            while chunk := response.raw.read1(16384, decode_content=True):
-                body += chunk
-                if len(body) > MAX_BODY_BYTES:
-                    raise ProviderError("answer too large", status=response.status_code, error="invalid_response")
-                if time.monotonic() > deadline:
-                    raise requests.Timeout("the answer did not arrive in time")
-            return Answer(response.status_code, response.headers, bytes(body))
+        return egress.post(url, rules, data=body, headers=headers, timeout=timeout)
+    except ForbiddenAddress as refused:
+        raise ProviderError(f"forbidden_address: {refused}", error="forbidden_address") from None
+    except AnswerTooLarge as error:
+        raise ProviderError("invalid_response: answer too large", status=error.status,
+                            error="invalid_response") from None
     except requests.Timeout as error:
         raise ProviderError(f"timeout after {timeout:g}s", error="timeout") from error
     except requests.RequestException as error:
         raise ProviderError(f"connection error: {type(error).__name__}", error="connection_error") from error
 
 
-def _json_object(body: bytes) -> dict[str, Any]:
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    """The body as a JSON object; None for anything else (including nesting too deep to parse)."""
     try:
         payload = json.loads(body)
-    except ValueError:
-        return {}
-    return payload if isinstance(payload, dict) else {}
+    except (ValueError, RecursionError):
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def _token(value: object) -> str | None:
+    """A token as RFC 6749 allows it, or None."""
+    if isinstance(value, str) and len(value) <= MAX_TOKEN_CHARS and TOKEN_CHARS.fullmatch(value) and value.strip():
+        return value
+    return None
+
+
+def _expires_in(value: object) -> int | None:
+    """A lifetime in whole seconds within bounds; ValueError otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_EXPIRES_IN:
+        raise ValueError("expires_in must be a whole number of seconds between 1 and ten years")
+    return value
+
+
+def _token_type(value: object) -> str:
+    if value is None:
+        return "Bearer"
+    if isinstance(value, str) and len(value) <= MAX_TOKEN_TYPE_CHARS and TOKEN_TYPE.fullmatch(value):
+        return value
+    raise ValueError(f"token_type must be a word of at most {MAX_TOKEN_TYPE_CHARS} characters")
+
+
+def _scopes(value: object) -> list[str] | None:
+    if not isinstance(value, str) or not TOKEN_CHARS.fullmatch(value):
+        return None
+    scopes = value.split()
+    if len(scopes) > MAX_SCOPES:
+        raise ValueError("the answer names too many scopes")
+    return scopes
+
+
+def _error(answer: egress.Answer, payload: dict[str, Any] | None) -> ProviderError:
+    """The ProviderError of an answer that is not a token, its text sanitized."""
+    retry_after = retry_after_seconds(answer.headers.get("Retry-After"))
+    if 300 <= answer.status < 400:
+        return ProviderError(f"redirect_refused: the token endpoint answered {answer.status}, not followed",
+                             status=answer.status, error="redirect_refused", retry_after=retry_after)
+    payload = payload or {}
+    error = ERROR_CODE.sub("", payload["error"])[:64] if isinstance(payload.get("error"), str) else ""
+    if not error:
+        error = "invalid_response" if answer.status == 200 else f"http_{answer.status}"
+    description = clean_text(payload.get("error_description"), 200)
+    return ProviderError(f"{error}: {description}" if description else error, status=answer.status, error=error,
+                         retry_after=retry_after)
+
+
+def token_set(answer: egress.Answer) -> TokenSet:
+    """The TokenSet of a token-endpoint answer, every field checked before anything is
+    stored; ProviderError otherwise, carrying any new refresh token the answer held."""
+    payload = _json_object(answer.body)
+    if answer.status != 200 or payload is None or ("error" in payload and "access_token" not in payload):
+        raise _error(answer, payload)
+    refresh_token = _token(payload.get("refresh_token"))
+    access_token = _token(payload.get("access_token"))
+    try:
+        if access_token is None:
+            raise ValueError("access_token must be a non-empty printable string")
+        return TokenSet(access_token=access_token, token_type=_token_type(payload.get("token_type")),
+                        refresh_token=refresh_token, expires_in=_expires_in(payload.get("expires_in")),
+                        scopes=_scopes(payload.get("scope")))
+    except ValueError as problem:
+        raise ProviderError(f"invalid_response: {problem}", status=answer.status, error="invalid_response",
+                            refresh_token=refresh_token) from None
 
 
 def request_token(client: OAuthClient, form: dict[str, str], timeout: float) -> TokenSet:
-    """POST the token endpoint once; raise ProviderError on anything but a token."""
-    if client.public_only:
-        try:
-            check_public(client.token_url)
-        except ForbiddenAddress as refused:
-            raise ProviderError(str(refused), error="forbidden_address") from None
+    """POST the token endpoint once; raise ProviderError on anything but a usable token."""
     body, headers = _authenticated(client, form)
-    answer = _post(client.token_url, body, headers, timeout)
-    payload = _json_object(answer.body)
-    if answer.status != 200 or not isinstance(payload.get("access_token"), str):
-        error = str(payload.get("error") or f"http_{answer.status}")[:64]
-        description = str(payload.get("error_description") or "")[:200]
-        message = f"{error}: {description}" if description else error
-        raise ProviderError(message, status=answer.status, error=error,
-                            retry_after=retry_after_seconds(answer.headers.get("Retry-After")))
-    try:
-        expires_in = int(payload["expires_in"]) if payload.get("expires_in") is not None else None
-    except (TypeError, ValueError):
-        raise ProviderError("invalid expires_in in the token answer", status=answer.status,
-                            error="invalid_response") from None
-    scope = payload.get("scope")
-    refresh_token = payload.get("refresh_token")
-    return TokenSet(
-        access_token=payload["access_token"],
-        token_type=str(payload.get("token_type") or "Bearer"),
-        refresh_token=refresh_token if isinstance(refresh_token, str) and refresh_token else None,
-        expires_in=expires_in,
-        scopes=scope.split() if isinstance(scope, str) else None,
-    )
+    return token_set(post(client.token_url, client.rules, body, headers, timeout))
 
 
 def exchange_code(client: OAuthClient, *, code: str, redirect_uri: str, code_verifier: str | None,

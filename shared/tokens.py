@@ -47,13 +47,14 @@ def needs_refresh(connection: Connection, seen: str | None, margin_seconds: int)
     after the mark `seen` was read, any other while the connection is due."""
     if connection.status != "active":
         return False
+    # Without a refresh token nothing can be done, forced or not, until the token
+    # expires; then the connection needs the end user again (the refresh attempt
+    # records that). Until then the stored token is served.
+    if not connection.refresh_token_enc and (connection.expires_at is None or connection.expires_at > utcnow()):
+        return False
     if seen is not None:
         return refresh_mark(connection) == seen
-    if not is_due(connection, margin_seconds):
-        return False
-    # Without a refresh token nothing can be done until the token expires; then the
-    # connection needs the end user again (the refresh attempt records that).
-    return bool(connection.refresh_token_enc) or (connection.expires_at or utcnow()) <= utcnow()
+    return is_due(connection, margin_seconds)
 
 
 def token_values(tokens: TokenSet, cipher: Cipher, now: datetime | None = None) -> dict[str, Any]:

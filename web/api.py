@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
 
 from shared.crypto import digest, new_secret
-from shared.egress import ForbiddenAddress, check_public
-from shared.integrations import public_only
+from shared.egress import ForbiddenAddress, validate_url
+from shared.integrations import egress_rules
 from shared.models import Connection, ConnectSession, Event, Integration, utcnow
 from shared.providers import default_urls
 from web import runtime
@@ -55,7 +55,10 @@ def api_http_error(error: HTTPException) -> Response | HTTPException:
 
 def _body(model: type[Model]) -> Model:
     """The JSON body validated against a model: 400 if it isn't JSON, 422 if fields are wrong."""
-    data = request.get_json(silent=True)
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:  # nested too deep to parse: as bad as any other non-JSON
+        data = None
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_json", "the body must be a JSON object")
     try:
@@ -82,23 +85,27 @@ def create_integration() -> tuple[Response, int]:
     if body.provider == "sandbox" and not rt.settings.sandbox_provider:
         raise ApiError(422, "invalid_fields", "provider 'sandbox' needs SANDBOX_PROVIDER on",
                        details=[{"field": "provider", "message": "the sandbox provider is off"}])
-    urls = default_urls(body.provider, rt.settings.public_base_url)
     given = {"authorize_url": body.authorize_url, "token_url": body.token_url, "revoke_url": body.revoke_url,
              "issuer": body.issuer}
+    if body.provider == "sandbox" and any(given.values()):
+        named = [name for name, value in given.items() if value]
+        raise ApiError(422, "invalid_fields", "the sandbox always uses its own URLs",
+                       details=[{"field": name, "message": "not allowed for the sandbox provider"} for name in named])
+    urls = default_urls(body.provider, rt.settings.public_base_url)
     resolved = {name: given.get(name) or urls.get(name) for name in ("authorize_url", "token_url", "revoke_url", "issuer")}
     missing = [name for name in ("authorize_url", "token_url") if not resolved[name]]
     if missing:
         raise ApiError(422, "invalid_fields", f"provider {body.provider!r} needs {' and '.join(missing)}",
                        details=[{"field": name, "message": "required for this provider"} for name in missing])
-    if public_only(rt.settings, body.provider):
-        for name in ("token_url", "revoke_url"):
-            url = resolved[name]
-            try:
-                if url:
-                    check_public(url)
-            except ForbiddenAddress as error:
-                raise ApiError(422, "invalid_fields", f"{name}: {error}",
-                               details=[{"field": name, "message": str(error)}]) from None
+    rules = egress_rules(rt.settings, body.provider)
+    for name in ("token_url", "revoke_url"):
+        url = resolved[name]
+        try:
+            if url:
+                validate_url(url, allow_private=rules.allow_private, require_https=rules.require_https)
+        except ForbiddenAddress as error:
+            raise ApiError(422, "invalid_fields", f"{name}: {error}",
+                           details=[{"field": name, "message": str(error)}]) from None
     integration = Integration(
         tenant_id=g.tenant_id,
         provider=body.provider,
@@ -176,7 +183,7 @@ def _after(cursor: str) -> tuple[datetime, str]:
         if after.tzinfo is None:
             raise ValueError("naive time")
         return after, str(id_)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         raise ApiError(400, "invalid_cursor", "the cursor is not one this API returned") from None
 
 

@@ -282,10 +282,18 @@ def introspect() -> Response:
     return response
 
 
+def _json_body() -> Any:
+    """The request's JSON, or None when it is not JSON or is nested too deep to parse."""
+    try:
+        return request.get_json(silent=True)
+    except RecursionError:
+        return None
+
+
 @bp.post("/clients")
 def create_client() -> tuple[Response, int]:
     """Register a client (dev only, no authentication)."""
-    body = request.get_json(silent=True) if request.get_data() else {}
+    body = _json_body() if request.get_data() else {}
     if not isinstance(body, dict):
         raise OAuthError("invalid_client_metadata", "the body must be a JSON object")
     uris = body.get("redirect_uris", [runtime().settings.redirect_uri])
@@ -307,7 +315,7 @@ def knobs(client_id: str) -> Response:
     _known(client_id)
     if request.method == "PUT":
         try:
-            values = store.validate_knobs(request.get_json(silent=True))
+            values = store.validate_knobs(_json_body())
         except ValueError as error:
             raise OAuthError("invalid_request", str(error)) from None
         store.set_knobs(runtime().redis, client_id, values)

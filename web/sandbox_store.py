@@ -22,6 +22,13 @@ USED_CODE_TTL_SECONDS = 600
 REFRESH_TTL_SECONDS = 30 * 86400
 DEFAULT_ACCESS_TTL = 3600
 FAILURES = ("500", "502", "503", "429", "timeout", "invalid_grant", "unauthorized_client")
+# Caps on the fault knobs, so a script cannot tie up the web's threads for long.
+MAX_LATENCY_MS = 30_000
+MAX_TIMEOUT_SECONDS = 60
+MAX_RETRY_AFTER = 3600
+MAX_ACCESS_TTL = 30 * 24 * 3600
+MAX_SCRIPTED_FAILURES = 1000
+MAX_REDIRECT_URIS = 20
 
 _REVOKE = """
 local function revoke(gid)
@@ -137,16 +144,16 @@ def _check_redirect_uri(uri: object) -> str:
     return uri  # type: ignore[return-value]
 
 
-def _positive_int(value: object, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}")
+def _positive_int(value: object, name: str, minimum: int = 1, maximum: int = MAX_ACCESS_TTL) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise ValueError(f"{name} must be an integer between {minimum} and {maximum}")
     return value
 
 
 def register_client(redis: Redis, redirect_uris: list[str], access_token_ttl: int | None = None) -> dict:
     """Register a client; answer its id, its secret (shown once, stored as a digest) and redirect URIs."""
-    if not isinstance(redirect_uris, list) or not redirect_uris:
-        raise ValueError("redirect_uris must be a non-empty list")
+    if not isinstance(redirect_uris, list) or not 0 < len(redirect_uris) <= MAX_REDIRECT_URIS:
+        raise ValueError(f"redirect_uris must be a list of 1 to {MAX_REDIRECT_URIS} URIs")
     uris = [_check_redirect_uri(uri) for uri in redirect_uris]
     client_id, secret = f"sbx_{new_secret(12)}", new_secret(32)
     record = {"secret": digest(secret), "redirect_uris": json.dumps(uris)}
@@ -238,15 +245,15 @@ def validate_knobs(body: object) -> dict[str, Any]:
         raise ValueError(f"unknown knobs: {', '.join(sorted(unknown))}")
     knobs: dict[str, Any] = {}
     if "latency_ms" in body:
-        knobs["latency_ms"] = _positive_int(body["latency_ms"], "latency_ms", 0)
+        knobs["latency_ms"] = _positive_int(body["latency_ms"], "latency_ms", 0, MAX_LATENCY_MS)
     if "access_token_ttl" in body:
         knobs["access_token_ttl"] = _positive_int(body["access_token_ttl"], "access_token_ttl")
     if "retry_after" in body:
-        knobs["retry_after"] = _positive_int(body["retry_after"], "retry_after", 0)
+        knobs["retry_after"] = _positive_int(body["retry_after"], "retry_after", 0, MAX_RETRY_AFTER)
     if "timeout_seconds" in body:
         value = body["timeout_seconds"]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 300:
-            raise ValueError("timeout_seconds must be a number between 0 and 300")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_TIMEOUT_SECONDS:
+            raise ValueError(f"timeout_seconds must be a number between 0 and {MAX_TIMEOUT_SECONDS}")
         knobs["timeout_seconds"] = value
     if "rotate_refresh_tokens" in body:
         if not isinstance(body["rotate_refresh_tokens"], bool):
@@ -255,6 +262,8 @@ def validate_knobs(body: object) -> dict[str, Any]:
     fail = body.get("fail", [])
     if not isinstance(fail, list) or any(item not in FAILURES for item in fail):
         raise ValueError(f"fail must be a list of: {', '.join(FAILURES)}")
+    if len(fail) > MAX_SCRIPTED_FAILURES:
+        raise ValueError(f"fail may script at most {MAX_SCRIPTED_FAILURES} failures")
     return {**knobs, "fail": fail}
 
 

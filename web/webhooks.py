@@ -5,7 +5,7 @@ from flask import Blueprint, Response, g, jsonify, request
 from sqlalchemy import select, tuple_, update
 
 from shared.crypto import new_secret
-from shared.egress import ForbiddenAddress, check_public
+from shared.egress import ForbiddenAddress, Rules, validate_url
 from shared.models import Tenant, WebhookDelivery, utcnow
 from shared.webhooks import SECRET_PREFIX, queue_after_commit
 from web import runtime
@@ -29,12 +29,12 @@ def put_webhook() -> Response:
     """Set the URL; the secret is made on the first PUT and kept unless `rotate_secret`."""
     body = _body(WebhookIn)
     rt = runtime()
-    if not rt.settings.allow_private_provider_urls:
-        try:
-            check_public(body.url)
-        except ForbiddenAddress as error:
-            raise ApiError(422, "invalid_fields", f"url: {error}",
-                           details=[{"field": "url", "message": str(error)}]) from None
+    rules = Rules.for_tenant_urls(rt.settings.allow_private_provider_urls)
+    try:
+        validate_url(body.url, allow_private=rules.allow_private, require_https=rules.require_https)
+    except ForbiddenAddress as error:
+        raise ApiError(422, "invalid_fields", f"url: {error}",
+                       details=[{"field": "url", "message": str(error)}]) from None
     with rt.db.session() as session:
         tenant = session.get(Tenant, g.tenant_id, with_for_update=True)
         assert tenant is not None  # authenticated just now

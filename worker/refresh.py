@@ -54,6 +54,8 @@ def _record_failure(rt: Runtime, connection: Connection, error: ProviderError, r
                 record_event(session, connection, "needs_reauth", message)
             return Outcome("needs_reauth")
         values = {"refresh_failures": connection.refresh_failures + 1, "last_error": message, "updated_at": utcnow()}
+        if error.refresh_token:  # the provider rotated even though the rest of its answer was unusable
+            values["refresh_token_enc"] = rt.cipher.encrypt(error.refresh_token)
         if not fenced_update(session, connection.id, connection.version, values):
             return Outcome("stale")
         if connection.refresh_failures == 0:

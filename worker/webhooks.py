@@ -17,7 +17,7 @@ from redis.exceptions import LockNotOwnedError
 from sqlalchemy import select, update
 
 from shared import webhooks
-from shared.egress import ForbiddenAddress, check_public
+from shared.egress import Rules
 from shared.models import Tenant, WebhookDelivery, utcnow
 from shared.providers import ProviderError, post
 from shared.queue import DELIVER_WEBHOOK, REQUEUE_WEBHOOKS
@@ -85,18 +85,14 @@ def _finish(rt: Runtime, delivery: WebhookDelivery, status: int | None, error: s
 
 def _post(rt: Runtime, delivery: WebhookDelivery, url: str, secret: str) -> tuple[int | None, str | None]:
     """POST the delivery once; answer its status and the error (None when delivered)."""
-    if not rt.settings.allow_private_provider_urls:
-        try:
-            check_public(url)
-        except ForbiddenAddress as refused:
-            return None, f"forbidden_address: {refused}"
     body = delivery.body.encode()
     headers = {"Content-Type": "application/json", "User-Agent": "oauth-keeper-webhooks/1",
                "X-Webhook-Id": delivery.id, "X-Webhook-Signature": webhooks.sign(secret, int(time.time()), body)}
     try:
-        answer = post(url, body, headers, webhooks.TIMEOUT_SECONDS)
-    except ProviderError as error:
-        return None, error.error or "connection_error"
+        answer = post(url, Rules.for_tenant_urls(rt.settings.allow_private_provider_urls), body, headers,
+                      webhooks.TIMEOUT_SECONDS)
+    except ProviderError as error:  # forbidden_address (the egress guard), timeout, connection_error
+        return None, str(error) if error.error == "forbidden_address" else error.error or "connection_error"
     if 200 <= answer.status < 300:
         return answer.status, None
     return answer.status, f"http_{answer.status}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable, Iterator
-from urllib.parse import parse_qs, parse_qsl, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
 import requests
@@ -148,10 +148,16 @@ def test_a_connect_link_works_once_only(stack: Stack) -> None:
 
 
 def test_an_issuer_mismatch_fails_the_attempt(stack: Stack) -> None:
+    # A sandbox integration always names the sandbox as its issuer: a callback that
+    # claims another issuer (RFC 9207, a mix-up attack) must fail the attempt.
     tenant = stack.tenant()
-    _, integration = tenant.sandbox_integration(issuer="https://someone-else.example")
-    attempt = Browser(stack).connect(tenant.connect_url(integration["id"]))
-    assert attempt == {"status": "failed", "error": "issuer_mismatch"}
+    _, integration = tenant.sandbox_integration()
+    browser = Browser(stack)
+    callback = urlsplit(browser.decide(browser.open_connect(tenant.connect_url(integration["id"]))))
+    query = [(k, "https://someone-else.example" if k == "iss" else v) for k, v in parse_qsl(callback.query)]
+    response = browser.callback(urlunsplit(callback._replace(query=urlencode(query))))
+    assert response.status_code == 303, response.text
+    assert browser.attempt(response.headers["Location"]) == {"status": "failed", "error": "issuer_mismatch"}
 
 
 def test_callback_and_status_pages_leak_no_referrer(stack: Stack) -> None:

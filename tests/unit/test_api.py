@@ -56,6 +56,17 @@ def test_a_body_that_is_not_json_is_400(api: Api) -> None:
     _error(api("POST", "/integrations", json=[1, 2]), 400, "invalid_json")
 
 
+def test_a_deeply_nested_json_body_is_400_not_500(api: Api) -> None:
+    for body in ("[" * 100_000 + "]" * 100_000, '{"a": ' * 20_000 + "1" + "}" * 20_000):
+        _error(api("POST", "/integrations", data=body, content_type="application/json"), 400, "invalid_json")
+        _error(api("POST", "/connect-sessions", data=body, content_type="application/json"), 400, "invalid_json")
+
+
+def test_a_deeply_nested_cursor_is_400(api: Api) -> None:
+    cursor = base64.urlsafe_b64encode(b"[" * 3000 + b"]" * 3000).decode()
+    _error(api("GET", f"/connections?cursor={cursor}"), 400, "invalid_cursor")
+
+
 @pytest.mark.parametrize(("change", "field"), [
     ({"provider": "github"}, "provider"),
     ({"client_id": ""}, "client_id"),
@@ -176,3 +187,12 @@ def test_sandbox_integrations_need_the_sandbox_on(memory_runtime: Runtime) -> No
         _, key = create_tenant(session, "acme")
     response = Api(app.test_client(), key)("POST", "/integrations", json={**INTEGRATION, "provider": "sandbox"})
     assert _error(response, 422, "invalid_fields")["details"][0]["field"] == "provider"
+
+
+@pytest.mark.parametrize("field", ["authorize_url", "token_url", "revoke_url", "issuer"])
+def test_a_sandbox_integration_always_uses_the_sandbox_urls(api: Api, field: str) -> None:
+    body = {**INTEGRATION, "provider": "sandbox", field: "https://idp.example/elsewhere"}
+    assert _error(api("POST", "/integrations", json=body), 422, "invalid_fields")["details"][0]["field"] == field
+    created = api("POST", "/integrations", json={**INTEGRATION, "provider": "sandbox"})
+    assert created.status_code == 201
+    assert created.get_json()["token_url"] == "http://127.0.0.1:8000/sandbox/oauth/token"

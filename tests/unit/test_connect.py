@@ -95,7 +95,7 @@ def flow(memory_runtime: Runtime) -> Flow:
 
 
 def https_runtime() -> Runtime:
-    settings = make_settings(public_base_url="https://connect.example.com")
+    settings = make_settings(public_base_url="https://connect.example.com", sandbox_provider=False)
     db = Database("sqlite://")
     Base.metadata.create_all(db.engine)
     return Runtime(settings=settings, db=db, redis=fakeredis.FakeRedis(), cipher=Cipher(settings.encryption_keys))

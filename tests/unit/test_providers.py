@@ -11,6 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from shared.egress import Rules
 from shared.providers import (
     RESPONDIO_AUTHORIZE_URL,
     RESPONDIO_TOKEN_URL,
@@ -22,6 +23,8 @@ from shared.providers import (
     refresh,
     retry_after_seconds,
 )
+
+LOOPBACK = Rules(allow_private=True, require_https=False)
 
 
 def _query(url: str) -> dict[str, list[str]]:
@@ -111,7 +114,7 @@ def provider() -> Iterator[str]:
 
 def _client(url: str, method: str = "client_secret_basic") -> OAuthClient:
     return OAuthClient(client_id="id:with/odd chars", client_secret="s3cr&t", token_url=url, auth_method=method,
-                       public_only=False)  # the test's provider listens on loopback
+                       rules=LOOPBACK)  # the test's provider listens on loopback
 
 
 def test_a_refresh_posts_the_grant_with_basic_authentication(provider: str) -> None:
@@ -161,3 +164,29 @@ def test_an_unreachable_provider_is_a_connection_error() -> None:
     with pytest.raises(ProviderError) as caught:
         refresh(_client("http://127.0.0.1:9/token"), refresh_token="rt", timeout=2)
     assert caught.value.error == "connection_error" and caught.value.status is None
+
+
+def test_secrets_stay_out_of_reprs() -> None:
+    from shared.nonces import PendingState
+
+    objects = [OAuthClient(client_id="cid", client_secret="client-secret-value", token_url="https://idp.example/t"),
+               TokenSet("access-token-value", "Bearer", "refresh-token-value", 60, None),
+               PendingState("cs", "int", "pkce-verifier-value", "binding"),
+               ProviderError("invalid_response", error="invalid_response", refresh_token="refresh-token-value")]
+    text = " ".join(repr(item) + str(item) for item in objects)
+    assert "cid" in text and "Bearer" in text
+    for secret in ("client-secret-value", "access-token-value", "refresh-token-value", "pkce-verifier-value"):
+        assert secret not in text
+
+
+def test_retry_after_is_at_most_an_hour() -> None:
+    assert retry_after_seconds("86400") == 3600
+    assert retry_after_seconds("inf") == 3600 and retry_after_seconds("nan") is None
+    now = 1_800_000_000.0
+    assert retry_after_seconds(formatdate(now + 7 * 86400, usegmt=True), now=now) == 3600
+
+
+@pytest.mark.parametrize(("given", "kept"), [('"3600"', 3600), ("3600.0", 3600), ("null", None), ("1", 1)])
+def test_expires_in_as_digits_or_a_whole_float_is_accepted(provider: str, given: str, kept: int | None) -> None:
+    _Provider.answers.append((200, {}, b'{"access_token": "at", "expires_in": ' + given.encode() + b"}", 0))
+    assert refresh(_client(provider), refresh_token="rt", timeout=5).expires_in == kept

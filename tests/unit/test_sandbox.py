@@ -330,10 +330,28 @@ def test_registered_ttl_wins_over_knob(web: FlaskClient, runtime: Runtime) -> No
 
 @pytest.mark.parametrize("body", [{"fail": ["418"]}, {"latency_ms": -1}, {"latency_ms": "5"}, {"bogus": 1},
                                   {"access_token_ttl": True}, {"timeout_seconds": "x"}, [],
-                                  {"rotate_refresh_tokens": "no"}])
+                                  {"rotate_refresh_tokens": "no"}, {"latency_ms": 30_001},
+                                  {"timeout_seconds": 61}, {"retry_after": 3601},
+                                  {"access_token_ttl": 30 * 86400 + 1}, {"fail": ["500"] * 1001},
+                                  {"fail": '[' * 100_000 + ']' * 100_000}])
 def test_knobs_are_validated(web: FlaskClient, creds: dict, body) -> None:
     response = web.put(f"/sandbox/admin/clients/{creds['client_id']}/knobs", json=body)
     assert response.status_code == 400 and response.get_json()["error"] == "invalid_request"
+
+
+def test_knobs_at_their_caps_are_accepted(web: FlaskClient, creds: dict) -> None:
+    body = {"latency_ms": 30_000, "timeout_seconds": 60, "retry_after": 3600, "access_token_ttl": 30 * 86400,
+            "fail": ["500"] * 1000}
+    assert web.put(f"/sandbox/admin/clients/{creds['client_id']}/knobs", json=body).status_code == 200
+
+
+def test_a_deeply_nested_knobs_body_is_400(web: FlaskClient, creds: dict) -> None:
+    body = '{"fail": ' * 100_000 + "1" + "}" * 100_000
+    response = web.put(f"/sandbox/admin/clients/{creds['client_id']}/knobs", data=body,
+                       content_type="application/json")
+    assert response.status_code == 400 and response.get_json()["error"] == "invalid_request"
+    response = web.post("/sandbox/clients", data=body, content_type="application/json")
+    assert response.status_code == 400 and response.get_json()["error"] == "invalid_client_metadata"
 
 
 def test_knobs_of_unknown_client(web: FlaskClient) -> None:

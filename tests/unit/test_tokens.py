@@ -58,15 +58,16 @@ def test_is_due(expires_in: int, lifetime: int, status: str, due: bool) -> None:
     assert is_due(connection, MARGIN, now) is due
 
 
-def test_a_connection_without_a_refresh_token_waits_for_expiry_unless_forced() -> None:
+def test_a_connection_without_a_refresh_token_waits_for_expiry_even_when_forced() -> None:
     now = utcnow()
     soon = Connection(status="active", expires_at=now + timedelta(seconds=60), lifetime_seconds=3600,
                       refresh_token_enc=None)
     assert is_due(soon, MARGIN) and not needs_refresh(soon, None, MARGIN)
-    assert needs_refresh(soon, refresh_mark(soon), MARGIN), "a forced refresh still tries"
+    assert not needs_refresh(soon, refresh_mark(soon), MARGIN), "nothing to refresh with: serve the token"
     expired = Connection(status="active", expires_at=now - timedelta(seconds=1), lifetime_seconds=3600,
                          refresh_token_enc=None)
     assert needs_refresh(expired, None, MARGIN)
+    assert needs_refresh(expired, refresh_mark(expired), MARGIN)
     refreshable = Connection(status="active", expires_at=now + timedelta(seconds=60), lifetime_seconds=3600,
                              refresh_token_enc="sealed")
     assert needs_refresh(refreshable, None, MARGIN)
