@@ -72,6 +72,7 @@ class Figure:
     value: str
     goal: str = ""
     met: bool | None = None
+    headline: str = ""  # its row in the report's summary table, if it has one
 
 
 @dataclass
@@ -80,14 +81,16 @@ class Section:
 
     key: str
     title: str
+    database: str = ""  # "postgresql" or "sqlite": the database this section ran on
     figures: list[Figure] = field(default_factory=list)
     setup: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
+    idle: float | None = None  # busy cores of other programs just before it ran
 
-    def add(self, name: str, value: str, goal: str = "", met: bool | None = None) -> Figure:
-        figure = Figure(name, value, goal, met)
+    def add(self, name: str, value: str, goal: str = "", met: bool | None = None, headline: str = "") -> Figure:
+        figure = Figure(name, value, goal, met, headline)
         self.figures.append(figure)
         say(f"  {name}: {value}" + (f"   (goal {goal}: {'met' if met else 'NOT met'})" if goal and met is not None
                                      else f"   (goal {goal})" if goal else ""))
@@ -229,9 +232,15 @@ def background_load(seconds: float = 1.0) -> float:
     return meter.stop().busy_cores
 
 
+# The longest any wait for quiet may last (`python -m bench --patience`): on a machine that is
+# never quiet, every wait would otherwise run to its end.
+MAX_PATIENCE = {"seconds": float("inf")}
+
+
 def wait_for_quiet(limit: float = 0.3, patience: float = 60.0) -> tuple[float, float]:
     """Wait (at most `patience` seconds) until other programs keep less than `limit` cores busy;
     answers the last reading and the seconds waited."""
+    patience = min(patience, MAX_PATIENCE["seconds"])
     began = time.monotonic()
     load = background_load()
     while load >= limit and time.monotonic() - began < patience:
@@ -356,9 +365,10 @@ class Environment:
     `oauth_bench_<hex>` (dropped after) or a SQLite file, settings and a runtime for this
     process, and the children it starts."""
 
-    def __init__(self, name: str, need_postgres: bool = False) -> None:
+    def __init__(self, name: str, need_postgres: bool = False, database: str | None = None) -> None:
         self.name = name
-        self.need_postgres = need_postgres
+        # "postgresql" or "sqlite"; None: PostgreSQL when a server answers, else SQLite.
+        self.database = "postgresql" if need_postgres else database
         self.tmp = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
         self.processes: list[Process] = []
         self.local_redis: LocalRedis | None = None
@@ -397,7 +407,7 @@ class Environment:
     def _open(self) -> None:
         self.local_redis = ensure_redis(os.environ.get("REDIS_URL"))
         self.redis_url = urlunsplit(urlsplit(self.local_redis.url)._replace(path=f"/{BENCH_REDIS_DB}"))
-        self.admin_url = _admin_url()
+        self.admin_url = _admin_url() if self.database != "sqlite" else None
         if self.admin_url:
             self.db_name = f"oauth_bench_{secrets.token_hex(4)}"
             admin = sa.create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
@@ -406,7 +416,7 @@ class Environment:
             admin.dispose()
             self.database_url = make_url(self.admin_url).set(database=self.db_name).render_as_string(
                 hide_password=False)
-        elif self.need_postgres:
+        elif self.database == "postgresql":
             raise SkipBenchmark("needs PostgreSQL: set DATABASE_URL to a postgresql+psycopg:// URL "
                                 f"(or run one at {DEFAULT_ADMIN_URL})")
         else:

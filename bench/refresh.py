@@ -28,7 +28,7 @@ from shared.queue import REFRESH_CONNECTION
 
 TITLE = "Refresh throughput"
 RATE_GOAL = 400.0
-BARE_RATIO_GOAL = 0.7
+BARE_RATIO_GOAL = 0.8  # issue 8
 
 
 def _drain(env: Environment, count: int, timeout: float) -> tuple[float, list[tuple[float, int]]]:
@@ -123,12 +123,12 @@ def _diagnose(env: Environment, ids: list[str]) -> dict:
 
 
 def run(section: Section, quick: bool = False, count: int = 10_000, processes: int = 2, threads: int = 32,
-        latency_ms: int = 100) -> None:
+        latency_ms: int = 100, database: str | None = None) -> None:
     if quick:
         count = 1_000
     concurrency = processes * threads
     ideal = concurrency / (latency_ms / 1000)
-    with Environment("refresh") as env:
+    with Environment("refresh", database=database) as env:
         rt = env.runtime
         assert rt is not None
         sandbox_proc, base = env.start_sandbox(workers=2, threads=64)
@@ -222,14 +222,15 @@ def run(section: Section, quick: bool = False, count: int = 10_000, processes: i
     bumped_twice = sum(n for version, n in versions.items() if version >= 3)
     doubles = max(0, successes - done) + bumped_twice + revoked
     section.add("refreshes/s through the workers (consumers on → all drained)", per_s(rate), f"≥ {RATE_GOAL:.0f}/s",
-                rate >= RATE_GOAL)
+                rate >= RATE_GOAL, headline=f"refresh drain, {count:,} due, {latency_ms} ms provider: refreshes/s")
     section.add("refreshes/s in steady state (10 % → 90 % done)", per_s(steady))
     section.add(f"time to drain {count:,}", f"{drain_seconds:.1f} s" + ("" if not remaining else
                                                                       f" (timed out: {remaining:,} left)"))
     section.add(f"ideal bound (concurrency {concurrency} ÷ {latency_ms} ms)", per_s(ideal))
     section.add(f"bare `requests` pool ({concurrency} threads) straight to the sandbox", per_s(bare_rate))
     ratio = rate / bare_rate if bare_rate else float("nan")
-    section.add("workers ÷ bare pool", f"{ratio:.2f}", f"≥ {BARE_RATIO_GOAL}", ratio >= BARE_RATIO_GOAL)
+    section.add("workers ÷ bare pool", f"{ratio:.2f}", f"≥ {BARE_RATIO_GOAL}", ratio >= BARE_RATIO_GOAL,
+                headline="refresh drain: workers ÷ bare `requests` pool")
     section.add("double refreshes", f"{doubles:,}", "0", doubles == 0)
     section.notes += [
         f"queueing the {count:,} messages (before the timed part, consumers off) took {enqueue_seconds:.1f} s",
@@ -251,7 +252,7 @@ def run(section: Section, quick: bool = False, count: int = 10_000, processes: i
         "Caveat: workers, the sandbox, PostgreSQL, Redis and the bench share 2 cores; the CPU figures "
         "show where they went.",
     ]
-    if kind == "sqlite":
+    if kind == "sqlite" and database != "sqlite":
         section.notes.append("The database was SQLite (no PostgreSQL answered): production runs PostgreSQL.")
 
 

@@ -27,6 +27,7 @@ from shared.models import Integration
 from shared.tenants import create_tenant
 
 TITLE = "Sweep cost"
+DATABASES = ("postgresql",)  # the sweep's query plan is PostgreSQL's
 GOAL_SECONDS = 2.0
 DUE_FRACTION = 0.01
 THROWAWAY_QUEUE = "bench-sweep-throwaway"
@@ -167,7 +168,7 @@ def _child(env: Environment, repeats: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run(section: Section, quick: bool = False, repeats: int = 3) -> None:
+def run(section: Section, quick: bool = False, repeats: int = 3, database: str | None = "postgresql") -> None:
     sizes = (10_000, 100_000) if quick else (100_000, 1_000_000)
     results: list[tuple[int, int, dict]] = []
     with Environment("sweep", need_postgres=True) as env:

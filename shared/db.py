@@ -80,6 +80,18 @@ class Database:
         finally:
             session.close()
 
+    @contextmanager
+    def autocommit(self) -> Iterator[Session]:
+        """A session whose statements each commit on their own, for a request that writes
+        at most one statement: no BEGIN and no COMMIT round trips around it."""
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            session = Session(connection, expire_on_commit=False)
+            try:
+                yield session
+                session.commit()
+            finally:
+                session.close()
+
     def dispose(self) -> None:
         """Drop pooled connections (after a fork)."""
         self.engine.dispose()

@@ -56,6 +56,12 @@ def keep_queued(client: redis.Redis, connection_id: str, seconds: float = QUEUED
         UPDATES_CHANNEL, connection_id).execute()
 
 
+def announce(client: redis.Redis, connection_id: str) -> None:
+    """Tell every web process that the connection changed (after the commit): its
+    cached row is dropped and whoever waits on it wakes up. Only its id travels."""
+    client.publish(UPDATES_CHANNEL, connection_id)
+
+
 def finish(client: redis.Redis, connection_id: str) -> None:
     """Clear the marker and wake whoever waits on the connection."""
     client.pipeline(transaction=False).delete(queued_key(connection_id)).publish(

@@ -64,6 +64,7 @@ def tenant_for_key(session: Session, api_key: str) -> Tenant | None:
 
 # Rows re-encrypted per committed batch by `rotate_keys`.
 ROTATE_BATCH = 200
+
 _ENCRYPTED_COLUMNS = (
     (Tenant, ("webhook_secret_enc",)),
     (Integration, ("client_secret_enc",)),

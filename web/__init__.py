@@ -33,7 +33,7 @@ def create_app(settings: Settings | None = None, runtime_: Runtime | None = None
     app.config.update(SECRET_KEY=settings.secret_key, MAX_CONTENT_LENGTH=256 * 1024)
     app.json.sort_keys = False  # type: ignore[attr-defined]  # fields in the documented order
     rt = app.extensions["runtime"] = runtime_ or build_runtime(settings)
-    app.extensions["updates"] = UpdateListener(rt.redis)
+    app.extensions["updates"] = UpdateListener(rt.redis, settings.token_cache_seconds)
     app.extensions["metrics"] = CollectorRegistry(auto_describe=False)
     app.extensions["metrics"].register(StateCollector(rt))
 

@@ -28,7 +28,7 @@ from web.openapi import document, ok, operation
 from web.openapi import error as error_answer
 from web.schemas import ConnectionsQuery, ConnectSessionIn, EventsQuery, IntegrationIn, PageQuery
 from web.serializers import answer, connection_out, event_out, integration_out
-from web.tokens import fresh_token
+from web.tokens import fresh_token, stored_connection
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -294,8 +294,9 @@ def delete_connection(connection_id: str) -> Response:
 
 def _token_response(connection_id: str, force: bool) -> Response:
     """The token answer, never cached by a client or proxy."""
-    with runtime().db.session() as session:
-        connection = _owned(session, Connection, connection_id, "connection")
+    connection = stored_connection(connection_id)
+    if connection is None or connection.tenant_id != g.tenant_id:
+        raise not_found("connection")
     response = jsonify(fresh_token(connection, force))
     response.headers["Cache-Control"] = "no-store"
     return response

@@ -9,7 +9,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from flask import Blueprint, Response, redirect, render_template, request
 from flask.typing import ResponseReturnValue
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from shared import pkce
 from shared.attempts import expire_if_stale
@@ -51,6 +51,10 @@ def _page(status: int, title: str, message: str) -> tuple[str, int]:
     return render_template("message.html", title=title, message=message), status
 
 
+# Built once: Core, no ORM bookkeeping, on every callback.
+_NEW_ATTEMPT = insert(ConnectAttempt.__table__)
+
+
 @bp.get("/connect/<token>")
 @operation("startConnect", "browser", {
     302: redirect_answer("To the provider's authorize page, with a fresh state", "the authorize URL"),
@@ -65,7 +69,7 @@ def start(token: str) -> ResponseReturnValue:
     attempt through it succeeds (the exchange claims it)."""
     rt = runtime()
     token_hash = digest(token)
-    with rt.db.session() as session:
+    with rt.db.autocommit() as session:  # reads only: no transaction to open and close
         found = session.execute(
             select(ConnectSession.id, ConnectSession.integration_id, ConnectSession.expires_at,
                    ConnectSession.used_at)
@@ -125,7 +129,7 @@ def callback() -> ResponseReturnValue:
                      "This sign-in was started in another browser. Start again from the app, in this browser.")
 
     attempt = ConnectAttempt(id=new_id("att"), session_id=pending.session_id)
-    with rt.db.session() as session:
+    with rt.db.autocommit() as session:  # one INSERT: one round trip
         target = targets.get(session, pending.integration_id)
         if target is None:
             return _page(404, "Link not found", "This sign-in no longer exists.")
@@ -140,7 +144,9 @@ def callback() -> ResponseReturnValue:
             rt.codes.put(attempt.id, args["code"], pending.code_verifier)
         if error:
             attempt.status, attempt.error, attempt.finished_at = AttemptStatus.FAILED, error, utcnow()
-        session.add(attempt)
+        session.execute(_NEW_ATTEMPT, {"id": attempt.id, "session_id": attempt.session_id,
+                                       "status": attempt.status or AttemptStatus.PENDING, "error": attempt.error,
+                                       "finished_at": attempt.finished_at, "created_at": utcnow()})
     if not error:
         rt.celery.send_task(EXCHANGE_CODE, args=[attempt.id], queue=INTERACTIVE_QUEUE, ignore_result=True)
     return redirect(f"/connect/attempts/{attempt.id}", 303)

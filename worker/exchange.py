@@ -13,6 +13,7 @@ import time
 
 from sqlalchemy.orm import Session
 
+from shared import refreshes
 from shared.attempts import claim_link, finish_attempt
 from shared.integrations import oauth_client
 from shared.models import ConnectAttempt, Connection, ConnectSession, Integration
@@ -148,5 +149,6 @@ def _exchange(rt: Runtime, attempt_id: str, retries: int = 0, retry_until: float
     except ConnectionRevoked:
         _fail(rt, attempt_id, "connection_revoked")
         return None
+    refreshes.announce(rt.redis, connection_id)  # a re-authorized connection is cached by the web
     log.info("attempt %s connected %s", attempt_id, connection_id)
     return None

@@ -1,0 +1,206 @@
+"""Benchmark 0: `GET /api/v1/connections/{id}/token` on tokens that are not due, beside `/healthz`.
+
+One gunicorn, started exactly as production starts it (`-c gunicorn.conf.py`, only bound to
+loopback), serves the web. 100 connections whose tokens are not due (a tenant's busy set) are
+inserted directly; the requests cycle through them with the tenant's API key. `/healthz` and the
+token endpoint take turns at each level of a closed loop, then each at a fixed offered rate. A second
+gunicorn with TOKEN_CACHE_SECONDS=0 measures the same path without the in-process caches (two
+database round trips per request), for comparison.
+"""
+from __future__ import annotations
+
+import cProfile
+import itertools
+import runpy
+import time
+from datetime import timedelta
+
+from bench.fixtures import Grant, insert_connections
+from bench.harness import (
+    ROOT,
+    CPUMeter,
+    Environment,
+    Section,
+    error_summary,
+    format_shares,
+    ms,
+    per_s,
+    profile_shares,
+    say,
+    wait_for_quiet,
+)
+from bench.loadgen import LoadGenerator, Request, Result, build_request
+from shared.crypto import new_secret
+from shared.models import Integration, utcnow
+from shared.tenants import create_tenant
+
+TITLE = "Token endpoint (not due) vs /healthz"
+THROUGHPUT_GOAL = 0.8  # of /healthz
+P99_GOAL_SECONDS = 0.010  # at the fixed offered rate
+
+
+def _seed(env: Environment, count: int) -> tuple[str, list[str]]:
+    """A tenant with `count` connections whose tokens expire in two hours; answers its API key
+    and the connection ids."""
+    rt = env.runtime
+    assert rt is not None
+    with rt.db.session() as session:
+        tenant, api_key = create_tenant(session, "bench")
+        integration = Integration(
+            tenant_id=tenant.id, provider="oauth2", client_id="bench", client_secret_enc=rt.cipher.encrypt("s"),
+            scopes=["contact:read"], authorize_url="https://idp.example/authorize",
+            token_url="https://idp.example/token")
+        session.add(integration)
+        session.flush()
+        tenant_id, integration_id = tenant.id, integration.id
+    grants = [Grant(new_secret(32), new_secret(32)) for _ in range(count)]
+    ids = insert_connections(rt, tenant_id, integration_id, grants, expires_at=utcnow() + timedelta(hours=2))
+    return api_key, ids
+
+
+def run(section: Section, quick: bool = False, levels: tuple[int, ...] = (16, 64), rate: float = 300.0,
+        connections: int = 100, database: str | None = None) -> None:
+    seconds = 2.0 if quick else 8.0
+    paced_seconds = 3.0 if quick else 10.0
+    conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    with Environment("token", database=database) as env:
+        api_key, ids = _seed(env, connections)
+        headers = {"Authorization": f"Bearer {api_key}"}
+        results: dict[str, dict] = {}
+        for label, cache_seconds in (("cached", "5"), ("uncached", "0")):
+            web, base = env.start_web(name=f"web-{label}", extra_env={"TOKEN_CACHE_SECONDS": cache_seconds})
+            host = base.removeprefix("http://")
+            gen = LoadGenerator("127.0.0.1", int(host.rsplit(":", 1)[1]))
+            healthz = Request(build_request(host, "/healthz"))
+            tokens = [Request(build_request(host, f"/api/v1/connections/{cid}/token", headers)) for cid in ids]
+            groups = {"web (gunicorn)": web}
+            say(f"  [{label}] warming up…")
+            gen.saturate(itertools.cycle(tokens), connections=max(levels), seconds=2.0 if quick else 4.0)
+            gen.saturate(itertools.repeat(healthz), connections=max(levels), seconds=1.0)
+            runs: dict[str, list[tuple[int, Result, CPUMeter]]] = {"healthz": [], "token": []}
+            for level in levels:
+                say(f"  [{label}] saturation at {level} connections: /healthz, …/token…")
+                for name, stream in (("healthz", itertools.repeat(healthz)), ("token", itertools.cycle(tokens))):
+                    if not quick:
+                        wait_for_quiet(patience=10.0)
+                    meter = CPUMeter(groups).start()
+                    result = gen.saturate(stream, connections=level, seconds=seconds)
+                    runs[name].append((level, result, meter.stop()))
+            count = int(rate * paced_seconds)
+            paced: dict[str, tuple[Result, CPUMeter]] = {}
+            for name, requests_ in (("healthz", [healthz] * count),
+                                    ("token", list(itertools.islice(itertools.cycle(tokens), count)))):
+                say(f"  [{label}] {name} at {rate:g} req/s offered…")
+                if not quick:
+                    wait_for_quiet(patience=10.0)
+                meter = CPUMeter(groups).start()
+                paced[name] = (gen.paced(requests_, rate), meter.stop())
+            log = web.output()
+            results[label] = {"runs": runs, "paced": paced, "tracebacks": log.count("Traceback"),
+                              "errors": error_summary(log)}
+            web.stop()
+        say("  where the CPU goes (in-process, Flask's test client)…")
+        diagnosis = _diagnose(env, api_key, ids, 300 if quick else 2000)
+        kind = env.kind
+
+    section.setup += [
+        f"web: `gunicorn -c gunicorn.conf.py -b 127.0.0.1:PORT \"web:create_app()\"` — {conf['workers']} "
+        f"processes × {conf['threads']} threads (gthread), access log on (to a file); database: {kind}; "
+        "no Celery worker (nothing is due)",
+        f"{connections:,} connections of one tenant, tokens expiring in two hours; the token requests cycle "
+        "through them with the tenant's API key (each web process keeps a row for TOKEN_CACHE_SECONDS=5, so "
+        "a row read by a process is reused until then)",
+        "load: a Python asyncio generator in the bench process, keep-alive connections over loopback",
+        f"saturation: closed loop at {', '.join(map(str, levels))} connections, {seconds:g} s each, `/healthz` "
+        "and the token endpoint taking turns at each level; the best level of each is compared",
+        f"fixed rate: open loop at {rate:g} req/s for {paced_seconds:g} s, latency from each request's "
+        "scheduled start (no coordinated omission)",
+        "the same runs again against a gunicorn with TOKEN_CACHE_SECONDS=0 (no in-process caches: the API "
+        "key and the connection read from the database on every request)",
+    ]
+    for label, data in results.items():
+        runs, paced = data["runs"], data["paced"]
+        best = {name: max(levels_, key=lambda level: level[1].rate) for name, levels_ in runs.items()}
+        healthz_rate, token_rate = best["healthz"][1].rate, best["token"][1].rate
+        ratio = token_rate / healthz_rate if healthz_rate else float("nan")
+        p99 = paced["token"][0].percentile(99)
+        cached = label == "cached"
+        suffix = "" if cached else " — caches off (TOKEN_CACHE_SECONDS=0)"
+        section.add(f"`/healthz` at saturation{suffix}", f"{per_s(healthz_rate)} ({best['healthz'][0]} connections)")
+        section.add(f"`GET …/token` at saturation{suffix}", f"{per_s(token_rate)} ({best['token'][0]} connections)")
+        section.add(f"`GET …/token` ÷ `/healthz`{suffix}", f"{ratio:.2f}", f"≥ {THROUGHPUT_GOAL}" if cached else "",
+                    ratio >= THROUGHPUT_GOAL if cached else None,
+                    headline="`GET …/token` (not due) ÷ `/healthz`" + ("" if cached else ", caches off"))
+        section.add(f"`GET …/token` p50 / p99 at {rate:g} req/s offered{suffix}",
+                    f"{ms(paced['token'][0].percentile(50))} / {ms(p99)}",
+                    f"p99 ≤ {P99_GOAL_SECONDS * 1000:.0f} ms" if cached else "",
+                    p99 <= P99_GOAL_SECONDS if cached else None,
+                    headline=f"`GET …/token` p50 / p99 at {rate:g} req/s" + ("" if cached else ", caches off"))
+        section.add(f"`/healthz` p50 / p99 at {rate:g} req/s offered{suffix}",
+                    f"{ms(paced['healthz'][0].percentile(50))} / {ms(paced['healthz'][0].percentile(99))}")
+        for name, levels_ in runs.items():
+            for level, result, cpu in levels_:
+                web_ms = cpu.used.get("web (gunicorn)", 0.0) / max(result.rate, 1e-9) * 1000
+                section.notes.append(f"[{label}] {name} at {level} connections: {_describe(result)}; web CPU per "
+                                     f"request {web_ms:.2f} ms; CPU: {cpu.summary()}")
+        for name, (result, cpu) in paced.items():
+            section.notes.append(f"[{label}] {name} at {rate:g} req/s: {_describe(result)}, {result.late_starts} "
+                                 f"late starts; CPU: {cpu.summary()}")
+        section.notes.append(f"[{label}] tracebacks in the web's log: {data['tracebacks']}; errors: {data['errors']}")
+    section.notes.append(
+        "In-process, through Flask's test client (no gunicorn, no sockets, one thread): CPU per request "
+        + ", ".join(f"{name} {d['cpu_ms']:.3f} ms" for name, d in diagnosis.items())
+        + ". By library (CPU-clock profile): "
+        + "; ".join(f"{name}: {format_shares(d['shares'])}" for name, d in diagnosis.items()) + ".")
+    section.notes.append(
+        "Caveat: the load generator is Python in the bench process, on the same 2 cores as the server "
+        "(and the database and Redis); the ratio to `/healthz` (same generator, same cost per request) is "
+        "the fairer figure.")
+
+
+def _diagnose(env: Environment, api_key: str, ids: list[str], count: int) -> dict[str, dict]:
+    """`/healthz` and the token endpoint (caches on, then off) in this process: CPU per request
+    and where a CPU-clock profile says it goes."""
+    from web import create_app
+
+    assert env.runtime is not None
+    headers = {"Authorization": f"Bearer {api_key}"}
+    cases = {}
+    for name, cache_seconds in (("`/healthz`", None), ("`…/token` cached", 60.0), ("`…/token` caches off", 0.0)):
+        app = create_app(runtime_=env.runtime)
+        updates = app.extensions["updates"]
+        updates.connections.ttl = updates.api_keys.ttl = cache_seconds or 0.0
+        updates.start(wait=5)
+        client = app.test_client()
+        if cache_seconds is None:
+            def one(_: str, client=client) -> None:  # type: ignore[no-untyped-def]
+                assert client.get("/healthz").status_code == 200
+        else:
+            def one(connection_id: str, client=client) -> None:  # type: ignore[no-untyped-def]
+                response = client.get(f"/api/v1/connections/{connection_id}/token", headers=headers)
+                assert response.status_code == 200, response.status_code
+        cases[name] = one
+    results: dict[str, dict] = {}
+    picks = list(itertools.islice(itertools.cycle(ids[:100]), count))
+    for name, one in cases.items():
+        for connection_id in picks[:200]:
+            one(connection_id)
+        cpu = time.process_time()
+        for connection_id in picks:
+            one(connection_id)
+        cpu_ms = (time.process_time() - cpu) / len(picks) * 1000
+        profile = cProfile.Profile(time.process_time)
+        profile.enable()
+        for connection_id in picks:
+            one(connection_id)
+        profile.disable()
+        results[name] = {"cpu_ms": cpu_ms, "shares": profile_shares(profile)}
+    return results
+
+
+def _describe(result: Result) -> str:
+    text = (f"{result.completed:,} answers in {result.elapsed:.1f} s = {per_s(result.rate)}, "
+            f"p50 {ms(result.percentile(50))}, p99 {ms(result.percentile(99))}, statuses {result.statuses}")
+    if result.errors:
+        text += f", errors {result.errors}"
+    return text
