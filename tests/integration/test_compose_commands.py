@@ -151,11 +151,11 @@ def compose(new_database: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
         redis_server.stop()
 
 
-def test_a_connect_and_a_refresh_run_through_the_compose_services(compose: ComposeRun) -> None:
+def test_a_connect_a_refresh_and_a_revoke_run_through_the_compose_services(compose: ComposeRun) -> None:
     created = compose.run("web", [str(BIN / "flask"), "--app", "web", "tenants", "create", "compose"])
     assert created.returncode == 0, created.stderr
     tenant = Tenant(compose.stack, **{k: v for k, v in json.loads(created.stdout).items() if k != "name"})
-    _, integration = tenant.sandbox_integration()
+    client, integration = tenant.sandbox_integration()
     attempt = Browser(compose.stack).connect(tenant.connect_url(integration["id"]))
     assert attempt["status"] == "succeeded", attempt
     connection_id = attempt["connection_id"]
@@ -169,6 +169,12 @@ def test_a_connect_and_a_refresh_run_through_the_compose_services(compose: Compo
                    .get(("oauth_refreshes_total", (("outcome", "refreshed"),)), 0) for port in compose.worker_ports)
 
     assert wait_for(refreshes_counted, timeout=10, what="a worker to count the refresh") == 1
+
+    token = tenant.call("GET", f"/connections/{connection_id}/token").json()["access_token"]
+    assert tenant.call("DELETE", f"/connections/{connection_id}").status_code == 202
+    wait_for(lambda: compose.stack.row(connection_id).access_token_enc is None, timeout=30,
+             what="a worker to revoke and erase the tokens")
+    assert compose.stack.introspect(client, token)["active"] is False
 
 
 def test_the_worker_healthcheck_passes(compose: ComposeRun) -> None:

@@ -93,10 +93,21 @@ def webhook_delivery(audit: Audit) -> None:
     assert json.loads(delivered[0].body)["type"] == "connection.needs_reauth"
 
 
+def revoke(audit: Audit) -> None:
+    """A disconnect: revoked at the provider, the tokens erased, the webhook told."""
+    assert audit.tenant.call("DELETE", f"/connections/{audit.connection_id}").status_code == 202
+    wait_for(lambda: audit.stack.row(audit.connection_id).access_token_enc is None, timeout=30,
+             what="the tokens to be erased")
+    receiver = audit.listeners[-1]
+    wait_for(lambda: any(json.loads(r.body)["type"] == "connection.revoked" for r in receiver.received),
+             timeout=30, what="the revoked webhook")
+
+
 STEPS: list[Callable[[Audit], None]] = [
     connect,
     refresh,
     webhook_delivery,
+    revoke,
 ]
 
 
