@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import redis
 from urllib3.util import parse_url
 
+from shared.metrics import BREAKER_OPEN
 from shared.providers import ProviderError
 
 BREAKER_FAILURES = 5
@@ -135,6 +136,7 @@ class Breaker:
     def admit(self, host: str) -> Admission:
         """How many calls to `host` may go now."""
         state, wait_ms = self._allow(keys=self.keys(host), args=[self.probe_ms])
+        BREAKER_OPEN.labels(host).set(0 if int(state) == 1 else 1)
         if int(state) == 1:
             return Admission(None)
         if int(state) == 2:

@@ -13,7 +13,10 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import requests
 
+from urllib3.util import parse_url
+
 from shared import egress
+from shared.metrics import PROVIDER_CALLS
 from shared.egress import AnswerTooLarge, ForbiddenAddress, Rules
 
 RESPONDIO_AUTHORIZE_URL = "https://app.respond.io/oauth/authorize"
@@ -143,18 +146,36 @@ def _authenticated(client: OAuthClient, form: dict[str, str]) -> tuple[dict[str,
 def post(url: str, rules: Rules, body: dict[str, str] | bytes, headers: dict[str, str],
          timeout: float) -> egress.Answer:
     """POST once through the egress guard, bounded as a token call is (webhook deliveries
-    go out the same way); every way it can fail without an answer is a ProviderError."""
+    go out the same way); every way it can fail without an answer is a ProviderError.
+    Each call is counted by host and HTTP status, or by what kept it from an answer."""
+    host, outcome = _host(url), "error"
     try:
-        return egress.post(url, rules, data=body, headers=headers, timeout=timeout)
+        answer = egress.post(url, rules, data=body, headers=headers, timeout=timeout)
+        outcome = str(answer.status)
+        return answer
     except ForbiddenAddress as refused:
+        outcome = "forbidden_address"
         raise ProviderError(f"forbidden_address: {refused}", error="forbidden_address") from None
     except AnswerTooLarge as error:
+        outcome = "too_large"
         raise ProviderError("invalid_response: answer too large", status=error.status,
                             error="invalid_response") from None
     except requests.Timeout as error:
+        outcome = "timeout"
         raise ProviderError(f"timeout after {timeout:g}s", error="timeout") from error
     except requests.RequestException as error:
+        outcome = "connection_error"
         raise ProviderError(f"connection error: {type(error).__name__}", error="connection_error") from error
+    finally:
+        PROVIDER_CALLS.labels(host, outcome).inc()
+
+
+def _host(url: str) -> str:
+    """The host a URL names, for counting (the egress guard judges the URL itself)."""
+    try:
+        return parse_url(url).host or "?"
+    except ValueError:
+        return "?"
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:

@@ -12,8 +12,8 @@ from celery.signals import task_postrun, task_prerun, worker_ready
 from prometheus_client import start_http_server
 
 from shared.config import get_settings
-from shared.metrics import EXCHANGES, REFRESH_LATENCY, REFRESHES
-from shared.queue import EXCHANGE_CODE, REFRESH_BATCH, REFRESH_CONNECTION
+from shared.metrics import EXCHANGES, REFRESH_LATENCY, REFRESHES, WEBHOOK_DELIVERIES
+from shared.queue import DELIVER_WEBHOOK, EXCHANGE_CODE, REFRESH_BATCH, REFRESH_CONNECTION
 
 log = logging.getLogger(__name__)
 
@@ -51,3 +51,5 @@ def _count(task_id: str, task: Task, retval: Any = None, state: str | None = Non
                 REFRESHES.labels(outcome).inc(count)
     elif task.name == EXCHANGE_CODE:
         EXCHANGES.labels(retval if isinstance(retval, str) else (state or "error").lower()).inc()
+    elif task.name == DELIVER_WEBHOOK and isinstance(retval, str):
+        WEBHOOK_DELIVERIES.labels(retval).inc()
