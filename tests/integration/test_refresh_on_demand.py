@@ -45,9 +45,9 @@ def test_two_hundred_concurrent_token_and_refresh_calls_make_one_provider_call(s
     tenant = stack.tenant()
     client, connection_id = _due_connection(stack, tenant)
     old = stack.row(connection_id)
-    # Slow enough that every caller is inside the web before the refresh lands
-    # (and below the HTTP timeout of 5 s).
-    stack.knobs(client["client_id"], latency_ms=3500)
+    # Slow enough that every caller is inside the web before the refresh lands, even on
+    # two busy cores (and below the HTTP timeout of 5 s).
+    stack.knobs(client["client_id"], latency_ms=4500)
     barrier = threading.Barrier(200)
 
     def call(n: int) -> tuple[int, dict[str, Any]]:
