@@ -4,6 +4,8 @@ host and port; the two tenants' token endpoints are two local servers on two por
 from __future__ import annotations
 
 import json
+import select
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -42,7 +44,8 @@ class Endpoint:
                 try:
                     deadline = time.monotonic() + 60
                     while endpoint.stalling.is_set() and time.monotonic() < deadline:
-                        time.sleep(0.05)
+                        if self._caller_gone():
+                            return  # the worker gave up: its call is no longer in flight
                     self.send_response(200)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(TOKEN)))
@@ -53,6 +56,11 @@ class Endpoint:
                 finally:
                     with endpoint.lock:
                         endpoint.in_flight -= 1
+
+            def _caller_gone(self) -> bool:
+                """Wait a moment for the caller; True once it has closed its end."""
+                readable, _, _ = select.select([self.connection], [], [], 0.05)
+                return bool(readable) and not self.connection.recv(1, socket.MSG_PEEK)
 
             def log_message(self, *args: object) -> None:
                 pass
