@@ -37,6 +37,9 @@ BIN = Path(sys.executable).parent
 BENCH_REDIS_DB = int(os.environ.get("BENCH_REDIS_DB", "12"))
 DEFAULT_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# Far above any load generated here: the limiter still counts every request (its cost is
+# measured), it just never refuses one.
+UNLIMITED = "100000000/minute"
 # Settings the children must not inherit from the caller's environment.
 OWN_SETTINGS = {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "TOKEN_ENCRYPTION_KEYS", "PUBLIC_BASE_URL",
                 "SANDBOX_PROVIDER", "PORT", "WEB_CONCURRENCY", "WEB_THREADS", "REFRESH_MARGIN_SECONDS",
@@ -427,8 +430,10 @@ class Environment:
         self.runtime.redis.flushdb()
 
     def make_settings(self, **overrides: Any) -> Settings:
+        """The bench's settings, for the processes it runs in itself."""
         values: dict[str, Any] = {"database_url": self.database_url, "redis_url": self.redis_url,
-                                  "secret_key": self.secret_key, "token_encryption_keys": self.encryption_key}
+                                  "secret_key": self.secret_key, "token_encryption_keys": self.encryption_key,
+                                  "api_rate_limit": UNLIMITED, "browser_rate_limit": UNLIMITED}
         values.update(overrides)
         return load_settings(**values)
 
@@ -438,9 +443,7 @@ class Environment:
         return {**base, "DATABASE_URL": self.database_url, "REDIS_URL": self.redis_url,
                 "SECRET_KEY": self.secret_key, "TOKEN_ENCRYPTION_KEYS": self.encryption_key,
                 "PYTHONUNBUFFERED": "1",
-                # Far above any load generated here: the limiter still counts every request
-                # (its cost is measured), it just never refuses one.
-                "API_RATE_LIMIT": "100000000/minute", "BROWSER_RATE_LIMIT": "100000000/minute", **extra}
+                "API_RATE_LIMIT": UNLIMITED, "BROWSER_RATE_LIMIT": UNLIMITED, **extra}
 
     def spawn(self, name: str, args: list[str], env: dict[str, str]) -> Process:
         log = self.tmp / f"{name}.log"
