@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     token_wait_seconds: float = Field(default=10, gt=0)
     # How long a web process may serve an API key's tenant or a connection row from
     # its memory; announcements drop entries at once, this bounds a missed one. 0: off.
-    token_cache_seconds: float = Field(default=5, ge=0, le=60)
+    token_cache_seconds: float = Field(default=30, ge=0, le=60)
     sandbox_provider: bool = False
     # Let integrations name token and revocation URLs on loopback or private
     # networks (an on-premises OAuth server, development). Off for a hosted service.
