@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml client/pyproject.toml
 
 ## The whole system in the foreground: web, worker, beat, Redis if needed. Ctrl-C stops it.
 dev: $(STAMP)
-	$(VENV)/bin/python scripts/dev.py
+	$(VENV)/bin/python -m devstack.dev
 
 ## The whole test suite.
 test: $(STAMP)

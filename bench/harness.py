@@ -29,7 +29,8 @@ from sqlalchemy.engine import make_url
 from shared import migrate
 from shared.config import Settings, load_settings
 from shared.crypto import new_fernet_key, new_secret
-from shared.local_redis import LocalRedis, ensure_redis, free_port
+from devstack.local_redis import LocalRedis, ensure_redis
+from devstack.ports import free_port
 from shared.runtime import Runtime, build_runtime
 
 ROOT = Path(__file__).resolve().parent.parent
