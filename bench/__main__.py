@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated, in order: postgresql, sqlite (default: both)")
     parser.add_argument("--patience", type=float, default=60.0,
                         help="the longest wait for other programs to quiet down before a measurement (60 s)")
-    parser.add_argument("--report", type=Path, default=DEFAULT_REPORT, help=f"where to write the report ({DEFAULT_REPORT})")
+    parser.add_argument("--report", type=Path, default=DEFAULT_REPORT,
+                        help=f"where to write the report ({DEFAULT_REPORT})")
     args = parser.parse_args(argv)
     raw_argv = sys.argv[1:] if argv is None else argv
     unknown = [name for name in args.names if name not in BENCHMARKS]

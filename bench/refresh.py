@@ -232,6 +232,7 @@ def run(section: Section, quick: bool = False, count: int = 10_000, processes: i
     section.add("workers ÷ bare pool", f"{ratio:.2f}", f"≥ {BARE_RATIO_GOAL}", ratio >= BARE_RATIO_GOAL,
                 headline="refresh drain: workers ÷ bare `requests` pool")
     section.add("double refreshes", f"{doubles:,}", "0", doubles == 0)
+    worker_cpu = sum(meter.used.get(f"worker {i + 1}", 0.0) for i in range(processes))
     section.notes += [
         f"queueing the {count:,} messages (before the timed part, consumers off) took {enqueue_seconds:.1f} s",
         f"sandbox counted {requests_made:,} refresh-token requests and {successes:,} successful refreshes "
@@ -240,7 +241,7 @@ def run(section: Section, quick: bool = False, count: int = 10_000, processes: i
         f"connections with refresh failures: {failing:,}; worker logs: {errors}",
         f"CPU during the worker run: {meter.summary()}",
         f"CPU during the bare pool: {bare_meter.summary()}; statuses {bare_statuses}",
-        f"CPU per refresh in the worker run: {sum(meter.used.get(f'worker {i + 1}', 0.0) for i in range(processes)) / max(rate, 1e-9) * 1000:.1f} ms "
+        f"CPU per refresh in the worker run: {worker_cpu / max(rate, 1e-9) * 1000:.1f} ms "
         f"in the worker processes (Celery included); `refresh_once` alone, sequential in one process against "
         f"the sandbox at latency 0: {diagnosis['cpu_ms']:.1f} ms CPU, {diagnosis['wall_ms']:.1f} ms wall per call "
         f"({diagnosis['outcomes']}); its CPU by library: "

@@ -15,7 +15,7 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import sqlalchemy as sa
@@ -44,7 +44,7 @@ def _conninfo(database_url: str) -> str:
 
 def _load(database_url: str, tenant_id: str, integration_id: str, count: int, start: int) -> tuple[float, int]:
     """COPY `count` active connections, every 100th one due; answers (seconds, due)."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     rnd = random.Random(start)
     dummy_access = "gAAAAA" + "x" * 134  # the width of a Fernet token of a 43-character secret
     dummy_refresh = "gAAAAA" + "y" * 134

@@ -166,7 +166,8 @@ def ensure_redis(url: str | None = None) -> LocalRedis:
         log.info("redis: %s did not answer; started redis-server at %s", _redact(url), local.url)
         return local
     local = _start_fakeredis()
-    log.info("redis: %s did not answer and redis-server is not installed; started fakeredis at %s", _redact(url), local.url)
+    log.info("redis: %s did not answer and redis-server is not installed; started fakeredis at %s",
+             _redact(url), local.url)
     return local
 
 

@@ -44,11 +44,6 @@ def request_refresh(client: redis.Redis, celery: Celery, connection_id: str, see
     return True
 
 
-def announce(client: redis.Redis, connection_id: str) -> None:
-    """Tell every web process that the connection changed (only its id travels)."""
-    client.publish(UPDATES_CHANNEL, connection_id)
-
-
 def keep_queued(client: redis.Redis, connection_id: str, seconds: float = QUEUED_TTL_SECONDS) -> None:
     """Keep the marker (a retry is pending, or a long Retry-After holds everyone off)
     and wake whoever waits on the connection; only its id travels."""

@@ -3,7 +3,7 @@ how new tokens are written (fenced by version), and how failures are classed."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Integer, String, cast, column, insert, update, values
@@ -123,7 +123,7 @@ def record_event(session: Session, connection: Connection, type_: str, error: st
     add_delivery(session, connection, event_id, type_, error, now)
 
 
-class Failure(str, Enum):
+class Failure(StrEnum):
     """What follows a failed token request."""
 
     REAUTH = "reauth"  # the grant is gone: needs_reauth, no retry

@@ -302,7 +302,8 @@ def _token_response(connection_id: str, force: bool) -> Response:
     return response
 
 
-TOKEN_ANSWERS = {200: ok(schemas.Token, "The access token", **{"Cache-Control": "no-store: the answer carries a secret"}),
+TOKEN_ANSWERS = {200: ok(schemas.Token, "The access token",
+                         **{"Cache-Control": "no-store: the answer carries a secret"}),
                  404: NOT_FOUND, 409: NOT_USABLE, 503: REFRESH_PENDING}
 
 

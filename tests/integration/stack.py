@@ -114,7 +114,7 @@ class Stack:
 
     # --- tenants and the API ---------------------------------------------------------
 
-    def tenant(self, name: str = "acme") -> "Tenant":
+    def tenant(self, name: str = "acme") -> Tenant:
         with self.runtime.db.session() as session:
             tenant, api_key = create_tenant(session, name)
         return Tenant(self, tenant.id, api_key)

@@ -134,7 +134,8 @@ def make_dev(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[s
     if not (venv / "bin" / "python").exists():
         pytest.skip(f"no virtual environment at {venv}")
     port = free_port()
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", str(tmp_path)), "PORT": str(port)}
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", str(tmp_path)),
+           "PORT": str(port)}
     if getattr(request, "param", "unset") == "dead-port":
         env["REDIS_URL"] = f"redis://127.0.0.1:{free_port()}/0"
     # -o: treat the install stamp as up to date, so the shared virtual environment is
