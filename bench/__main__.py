@@ -48,12 +48,12 @@ def _summary(sections: list[Section], databases: list[str]) -> list[str]:
     for headline, by_database in rows.items():
         cells = []
         for database in databases:
-            figure = by_database.get(database)
-            if figure is None:
+            found = by_database.get(database)
+            if found is None:
                 cells.append("—")
             else:
-                verdict = "" if figure.met is None else (" ✓" if figure.met else " **✗**")
-                cells.append(_cell(figure.value) + verdict)
+                verdict = "" if found.met is None else (" ✓" if found.met else " **✗**")
+                cells.append(_cell(found.value) + verdict)
         goal = next((f.goal for f in by_database.values() if f.goal), "")
         lines.append(f"| {_cell(headline)} | " + " | ".join(cells) + f" | {_cell(goal)} |")
     return lines + [""]
@@ -70,7 +70,7 @@ def render(sections: list[Section], facts: list[tuple[str, str]], argv: list[str
     lines += [f"| {name} | {_cell(value)} |" for name, value in facts]
     met = [f for s in sections for f in s.figures if f.met is not None]
     if met:
-        lines += ["", f"**Goals met: {sum(f.met for f in met)} of {len(met)}.**"]
+        lines += ["", f"**Goals met: {sum(1 for f in met if f.met)} of {len(met)}.**"]
     for section in sections:
         lines += ["", f"## {section.title} ({DATABASE_LABELS.get(section.database, 'any database')})", ""]
         if section.error:

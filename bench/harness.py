@@ -506,14 +506,15 @@ class Environment:
 
     def wait_workers_ready(self, processes: list[Process], timeout: float = 60) -> None:
         """Until every worker answers a ping."""
-        assert self.runtime is not None
+        runtime = self.runtime
+        assert runtime is not None
         names = {f"{p.name}@{socket.gethostname()}" for p in processes}
 
         def ready() -> bool:
             for process in processes:
                 if not process.alive():
                     raise SystemExit(f"{process.name} exited:\n{process.output()[-3000:]}")
-            replies = self.runtime.celery.control.ping(timeout=0.5) or []
+            replies = runtime.celery.control.ping(timeout=0.5) or []
             seen = {name for reply in replies for name in reply}
             return names <= seen
 

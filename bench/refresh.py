@@ -166,7 +166,7 @@ def run(section: Section, quick: bool = False, count: int = 10_000, processes: i
         # the workers' alone (the producer's cost is the sweep's, measured by `sweep`).
         names = [f"{w.name}@{socket.gethostname()}" for w in workers]
         replies = rt.celery.control.cancel_consumer("celery", destination=names, reply=True, timeout=5)
-        if len(replies) != len(names):
+        if replies is None or len(replies) != len(names):
             raise RuntimeError(f"not every worker stopped consuming: {replies}")
         say(f"  queueing {count:,} refreshes…")
         started = time.perf_counter()

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg
 import sqlalchemy as sa
@@ -127,14 +128,14 @@ def _child_run(repeats: int) -> dict:
     spent = {"claim": 0.0, "send_task": 0.0}
     original_claim, original_send = refreshes.claim, app.send_task
 
-    def timed_claim(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def timed_claim(*args: Any, **kwargs: Any) -> Any:
         t = time.perf_counter()
         try:
             return original_claim(*args, **kwargs)
         finally:
             spent["claim"] += time.perf_counter() - t
 
-    def timed_send(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def timed_send(*args: Any, **kwargs: Any) -> Any:
         t = time.perf_counter()
         try:
             return original_send(*args, **kwargs)

@@ -54,7 +54,9 @@ def ids_of(*values: object) -> dict[str, str]:
     """Context fields for the ids among `values` (`conn_…` → connection_id, …)."""
     found: dict[str, str] = {}
     for value in values:
-        match = _ID.match(value) if isinstance(value, str) else None
+        if not isinstance(value, str):
+            continue
+        match = _ID.match(value)
         if match and match.group(1) in ID_FIELDS:
             found[ID_FIELDS[match.group(1)]] = value
     return found

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import secrets
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Table, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -45,6 +45,11 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 class Base(DeclarativeBase):
     """Declarative base of every table."""
+
+    if TYPE_CHECKING:
+        # Every model maps a plain Table (SQLAlchemy types __table__ as any FromClause),
+        # so the Core statements of the hot paths can take Model.__table__.
+        __table__: ClassVar[Table]
 
 
 class Tenant(Base):

@@ -284,6 +284,7 @@ def delete_connection(connection_id: str) -> Response:
         _owned(session, Connection, connection_id, "connection")
         changed = mark_revoked(session, connection_id)
         connection = session.get(Connection, connection_id, populate_existing=True)
+    assert connection is not None, "owned above and never deleted"
     if changed:
         # Announced after the commit, before the 202: every web process drops what it
         # knew of the connection, and waiters on a refresh wake to find it revoked.
