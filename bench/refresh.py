@@ -166,7 +166,7 @@ def run(section: Section, quick: bool = False, count: int = 10_000, processes: i
         # the workers' alone (the producer's cost is the sweep's, measured by `sweep`).
         names = [f"{w.name}@{socket.gethostname()}" for w in workers]
         replies = rt.celery.control.cancel_consumer("celery", destination=names, reply=True, timeout=5)
-        if len(replies) != len(names):
+        if replies is None or len(replies) != len(names):
             raise RuntimeError(f"not every worker stopped consuming: {replies}")
         say(f"  queueing {count:,} refreshes…")
         started = time.perf_counter()
@@ -232,6 +232,7 @@ def run(section: Section, quick: bool = False, count: int = 10_000, processes: i
     section.add("workers ÷ bare pool", f"{ratio:.2f}", f"≥ {BARE_RATIO_GOAL}", ratio >= BARE_RATIO_GOAL,
                 headline="refresh drain: workers ÷ bare `requests` pool")
     section.add("double refreshes", f"{doubles:,}", "0", doubles == 0)
+    worker_cpu = sum(meter.used.get(f"worker {i + 1}", 0.0) for i in range(processes))
     section.notes += [
         f"queueing the {count:,} messages (before the timed part, consumers off) took {enqueue_seconds:.1f} s",
         f"sandbox counted {requests_made:,} refresh-token requests and {successes:,} successful refreshes "
@@ -240,7 +241,7 @@ def run(section: Section, quick: bool = False, count: int = 10_000, processes: i
         f"connections with refresh failures: {failing:,}; worker logs: {errors}",
         f"CPU during the worker run: {meter.summary()}",
         f"CPU during the bare pool: {bare_meter.summary()}; statuses {bare_statuses}",
-        f"CPU per refresh in the worker run: {sum(meter.used.get(f'worker {i + 1}', 0.0) for i in range(processes)) / max(rate, 1e-9) * 1000:.1f} ms "
+        f"CPU per refresh in the worker run: {worker_cpu / max(rate, 1e-9) * 1000:.1f} ms "
         f"in the worker processes (Celery included); `refresh_once` alone, sequential in one process against "
         f"the sandbox at latency 0: {diagnosis['cpu_ms']:.1f} ms CPU, {diagnosis['wall_ms']:.1f} ms wall per call "
         f"({diagnosis['outcomes']}); its CPU by library: "

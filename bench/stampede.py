@@ -28,13 +28,15 @@ TITLE = "Stampede on one due connection"
 def _describe(result: Result) -> str:
     text = (f"{result.completed:,} answers, statuses {dict(sorted(result.statuses.items()))}, "
             f"p50 {ms(result.percentile(50))}, p99 {ms(result.percentile(99))}, "
-            f"max {ms(max(result.latencies) if result.latencies else float('nan'))}, all done in {result.elapsed:.2f} s")
+            f"max {ms(max(result.latencies) if result.latencies else float('nan'))}, "
+            f"all done in {result.elapsed:.2f} s")
     if result.errors:
         text += f", errors {result.errors}"
     return text
 
 
-def run(section: Section, quick: bool = False, concurrency: int = 1000, latency_ms: int = 100, database: str | None = None) -> None:
+def run(section: Section, quick: bool = False, concurrency: int = 1000, latency_ms: int = 100,
+        database: str | None = None) -> None:
     if quick:
         concurrency = 200
     conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
@@ -49,7 +51,8 @@ def run(section: Section, quick: bool = False, concurrency: int = 1000, latency_
         grants = mint_grants(rt, client, 3)
         expired = utcnow() - timedelta(minutes=1)
         due_id, warm_id = insert_connections(rt, tenant_id, integration_id, grants[:2], expires_at=expired)
-        (fresh_id,) = insert_connections(rt, tenant_id, integration_id, grants[2:], expires_at=utcnow() + timedelta(hours=1))
+        (fresh_id,) = insert_connections(rt, tenant_id, integration_id, grants[2:],
+                                         expires_at=utcnow() + timedelta(hours=1))
 
         web, base = env.start_web()
         worker = env.start_worker("bench1", 32)

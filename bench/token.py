@@ -15,6 +15,8 @@ import runpy
 import time
 from datetime import timedelta
 
+from flask.testing import FlaskClient
+
 from bench.fixtures import Grant, insert_connections
 from bench.harness import (
     ROOT,
@@ -173,10 +175,10 @@ def _diagnose(env: Environment, api_key: str, ids: list[str], count: int) -> dic
         updates.start(wait=5)
         client = app.test_client()
         if cache_seconds is None:
-            def one(_: str, client=client) -> None:  # type: ignore[no-untyped-def]
+            def one(connection_id: str, client: FlaskClient = client) -> None:
                 assert client.get("/healthz").status_code == 200
         else:
-            def one(connection_id: str, client=client) -> None:  # type: ignore[no-untyped-def]
+            def one(connection_id: str, client: FlaskClient = client) -> None:
                 response = client.get(f"/api/v1/connections/{connection_id}/token", headers=headers)
                 assert response.status_code == 200, response.status_code
         cases[name] = one

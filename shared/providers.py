@@ -12,12 +12,11 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import requests
-
 from urllib3.util import parse_url
 
 from shared import egress
-from shared.metrics import PROVIDER_CALLS
 from shared.egress import AnswerTooLarge, ForbiddenAddress, Rules
+from shared.metrics import PROVIDER_CALLS
 
 RESPONDIO_AUTHORIZE_URL = "https://app.respond.io/oauth/authorize"
 RESPONDIO_TOKEN_URL = "https://app.respond.io/oauth/token"

@@ -47,8 +47,10 @@ def request_refresh(client: redis.Redis, celery: Celery, connection_id: str, see
 def keep_queued(client: redis.Redis, connection_id: str, seconds: float = QUEUED_TTL_SECONDS) -> None:
     """Keep the marker (a retry is pending, or a long Retry-After holds everyone off)
     and wake whoever waits on the connection; only its id travels."""
-    client.pipeline(transaction=False).set(queued_key(connection_id), 1, ex=max(1, round(seconds))).publish(
-        UPDATES_CHANNEL, connection_id).execute()
+    pipe = client.pipeline(transaction=False)
+    pipe.set(queued_key(connection_id), 1, ex=max(1, round(seconds)))
+    pipe.publish(UPDATES_CHANNEL, connection_id)
+    pipe.execute()
 
 
 def announce(client: redis.Redis, connection_id: str) -> None:
@@ -59,15 +61,19 @@ def announce(client: redis.Redis, connection_id: str) -> None:
 
 def finish(client: redis.Redis, connection_id: str) -> None:
     """Clear the marker and wake whoever waits on the connection."""
-    client.pipeline(transaction=False).delete(queued_key(connection_id)).publish(
-        UPDATES_CHANNEL, connection_id).execute()
+    pipe = client.pipeline(transaction=False)
+    pipe.delete(queued_key(connection_id))
+    pipe.publish(UPDATES_CHANNEL, connection_id)
+    pipe.execute()
 
 
 def settle(client: redis.Redis, finished: Iterable[str], kept: dict[str, float]) -> None:
     """`finish` and `keep_queued` for many connections in one round trip."""
     pipe = client.pipeline(transaction=False)
     for connection_id in finished:
-        pipe.delete(queued_key(connection_id)).publish(UPDATES_CHANNEL, connection_id)
+        pipe.delete(queued_key(connection_id))
+        pipe.publish(UPDATES_CHANNEL, connection_id)
     for connection_id, seconds in kept.items():
-        pipe.set(queued_key(connection_id), 1, ex=max(1, round(seconds))).publish(UPDATES_CHANNEL, connection_id)
+        pipe.set(queued_key(connection_id), 1, ex=max(1, round(seconds)))
+        pipe.publish(UPDATES_CHANNEL, connection_id)
     pipe.execute()

@@ -3,13 +3,14 @@ how new tokens are written (fenced by version), and how failures are classed."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Integer, String, cast, column, insert, update, values
 from sqlalchemy.orm import Session
 
 from shared.crypto import Cipher
+from shared.db import rowcount
 from shared.models import Connection, Event, new_id, utcnow
 from shared.providers import ProviderError, TokenSet
 from shared.webhooks import add_delivery
@@ -86,7 +87,7 @@ def fenced_update(session: Session, connection_id: str, version: int, values: di
         update(table).where(table.c.id == connection_id, table.c.version == version)
         .values(version=table.c.version + 1, **values)
     )
-    return result.rowcount == 1
+    return rowcount(result) == 1
 
 
 def fenced_update_many(session: Session, writes: list[tuple[str, int, dict[str, Any]]]) -> set[str]:
@@ -123,7 +124,7 @@ def record_event(session: Session, connection: Connection, type_: str, error: st
     add_delivery(session, connection, event_id, type_, error, now)
 
 
-class Failure(str, Enum):
+class Failure(StrEnum):
     """What follows a failed token request."""
 
     REAUTH = "reauth"  # the grant is gone: needs_reauth, no retry

@@ -284,6 +284,7 @@ def delete_connection(connection_id: str) -> Response:
         _owned(session, Connection, connection_id, "connection")
         changed = mark_revoked(session, connection_id)
         connection = session.get(Connection, connection_id, populate_existing=True)
+    assert connection is not None, "owned above and never deleted"
     if changed:
         # Announced after the commit, before the 202: every web process drops what it
         # knew of the connection, and waiters on a refresh wake to find it revoked. This
@@ -304,7 +305,8 @@ def _token_response(connection_id: str, force: bool) -> Response:
     return response
 
 
-TOKEN_ANSWERS = {200: ok(schemas.Token, "The access token", **{"Cache-Control": "no-store: the answer carries a secret"}),
+TOKEN_ANSWERS = {200: ok(schemas.Token, "The access token",
+                         **{"Cache-Control": "no-store: the answer carries a secret"}),
                  404: NOT_FOUND, 409: NOT_USABLE, 503: REFRESH_PENDING}
 
 
