@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from typing import cast
 
 import redis
 from limits.storage import Storage
@@ -98,7 +99,7 @@ class LeasedRedisStorage(Storage):
             lease = self._leases.get(key)
             if lease is not None and lease.ends > time.time():
                 return lease.next - 1
-        return int(self._redis.get(key) or 0)
+        return int(cast(bytes | None, self._redis.get(key)) or 0)
 
     def get_expiry(self, key: str) -> float:
         """When the window ends (seconds since the epoch)."""
@@ -106,7 +107,7 @@ class LeasedRedisStorage(Storage):
             lease = self._leases.get(key)
             if lease is not None and lease.ends > time.time():
                 return lease.ends
-        return time.time() + max(int(self._redis.pttl(key)), 0) / 1000
+        return time.time() + max(cast(int, self._redis.pttl(key)), 0) / 1000
 
     def check(self) -> bool:
         try:
