@@ -1,5 +1,6 @@
-"""Metrics of a worker: refresh and exchange outcomes, counted from Celery's task
-signals, served on WORKER_METRICS_PORT by each worker process."""
+"""Metrics of a worker: refresh and webhook outcomes, counted from Celery's task
+signals, served on WORKER_METRICS_PORT by each worker process. (Code exchanges are
+counted by the exchange itself, which knows how each run ended.)"""
 from __future__ import annotations
 
 import logging
@@ -12,8 +13,8 @@ from celery.signals import task_postrun, task_prerun, worker_ready
 from prometheus_client import start_http_server
 
 from shared.config import get_settings
-from shared.metrics import EXCHANGES, REFRESH_LATENCY, REFRESHES, WEBHOOK_DELIVERIES
-from shared.queue import DELIVER_WEBHOOK, EXCHANGE_CODE, REFRESH_BATCH, REFRESH_CONNECTION
+from shared.metrics import REFRESH_LATENCY, REFRESHES, WEBHOOK_DELIVERIES
+from shared.queue import DELIVER_WEBHOOK, REFRESH_BATCH, REFRESH_CONNECTION
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,5 @@ def _count(task_id: str, task: Task, retval: Any = None, state: str | None = Non
         for outcome, count in retval.items():
             if outcome in BATCH_OUTCOMES and count:
                 REFRESHES.labels(outcome).inc(count)
-    elif task.name == EXCHANGE_CODE:
-        EXCHANGES.labels(retval if isinstance(retval, str) else (state or "error").lower()).inc()
     elif task.name == DELIVER_WEBHOOK and isinstance(retval, str):
         WEBHOOK_DELIVERIES.labels(retval).inc()
