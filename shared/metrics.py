@@ -27,7 +27,7 @@ EXCHANGES = Counter("oauth_exchanges", "Code exchange runs, by outcome (connecte
 PROVIDER_CALLS = Counter("oauth_provider_calls", "Calls to providers' token and revocation endpoints, by host "
                          "and HTTP status (or the transport error).", ["host", "status"])
 WEBHOOK_DELIVERIES = Counter("oauth_webhook_deliveries", "Webhook delivery attempts, by outcome "
-                             "(delivered, failed, gave_up).", ["outcome"])
+                             "(delivered, failed, given_up).", ["outcome"])
 # Error codes that label a metric as they are; any other code a provider sends becomes
 # its HTTP status class or "other", so no provider can grow the set of series.
 ERROR_CLASSES = frozenset({

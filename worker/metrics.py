@@ -13,19 +13,29 @@ from celery.signals import task_postrun, task_prerun, worker_ready
 from prometheus_client import start_http_server
 
 from shared.config import get_settings
-from shared.metrics import REFRESH_LATENCY, REFRESHES, WEBHOOK_DELIVERIES
+from shared.metrics import EXCHANGES, REFRESH_LATENCY, REFRESHES, WEBHOOK_DELIVERIES
 from shared.queue import DELIVER_WEBHOOK, REFRESH_BATCH, REFRESH_CONNECTION
 
 log = logging.getLogger(__name__)
 
 # What a chunk's result counts that is a refresh's end (not its fan-out or deferral).
 BATCH_OUTCOMES = frozenset({"refreshed", "not_needed", "stale", "failed", "rate_limited", "needs_reauth"})
+# Series that a worker exports from its start, at 0: Prometheus sees no increase in a
+# series that first appears at 1, so without them a rate would miss the first of each.
+FROM_THE_START = (
+    (REFRESHES, [("refreshed",), ("failed",), ("rate_limited",), ("needs_reauth",), ("error",)]),
+    (WEBHOOK_DELIVERIES, [("delivered",), ("failed",), ("given_up",)]),
+    (EXCHANGES, [("connected", ""), ("interrupted", ""), ("link_used", ""), ("revoked", "")]),
+)
 _started: dict[str, float] = {}
 _lock = threading.Lock()
 
 
 @worker_ready.connect
 def _serve(**_: Any) -> None:
+    for counter, label_sets in FROM_THE_START:
+        for labels in label_sets:
+            counter.labels(*labels)
     port = get_settings().worker_metrics_port
     if port:
         start_http_server(port)
