@@ -21,13 +21,33 @@ REFRESHES = Counter("oauth_refreshes", "Refresh runs, by outcome (refreshed, not
                     "rate_limited, needs_reauth, stale, lock_busy, deferred…).", ["outcome"])
 REFRESH_LATENCY = Histogram("oauth_refresh_duration_seconds", "Time of one refresh run, provider call included.",
                             buckets=LATENCY_BUCKETS)
-EXCHANGES = Counter("oauth_exchanges", "Code exchanges, by outcome (succeeded, failed).", ["outcome"])
+EXCHANGES = Counter("oauth_exchanges", "Code exchange runs, by outcome (connected, retrying, failed, "
+                    "interrupted, link_used, revoked, already_ended) and, for retrying and failed, the error "
+                    "class.", ["outcome", "error"])
 PROVIDER_CALLS = Counter("oauth_provider_calls", "Calls to providers' token and revocation endpoints, by host "
                          "and HTTP status (or the transport error).", ["host", "status"])
 WEBHOOK_DELIVERIES = Counter("oauth_webhook_deliveries", "Webhook delivery attempts, by outcome "
-                             "(delivered, failed, gave_up).", ["outcome"])
+                             "(delivered, failed, given_up).", ["outcome"])
+# Error codes that label a metric as they are; any other code a provider sends becomes
+# its HTTP status class or "other", so no provider can grow the set of series.
+ERROR_CLASSES = frozenset({
+    # RFC 6749 §5.2, and §4.1.2.1's two that some token endpoints send too
+    "invalid_request", "invalid_client", "invalid_grant", "unauthorized_client", "unsupported_grant_type",
+    "invalid_scope", "server_error", "temporarily_unavailable",
+    # this service's own, for calls that failed or answers it could not use
+    "timeout", "connection_error", "forbidden_address", "invalid_response", "redirect_refused",
+})
+
 BREAKER_OPEN = Gauge("oauth_provider_breaker_open", "1 while a provider host's circuit breaker is open.", ["host"],
                      multiprocess_mode="max")
+
+
+def error_class(error: str | None, status: int | None = None) -> str:
+    """A bounded label for an error code: the code itself when it is a known one, else
+    its HTTP status class (`http_4xx`), else "other"."""
+    if error is not None and error in ERROR_CLASSES:
+        return error
+    return f"http_{status // 100}xx" if status else "other"
 
 
 def registry() -> CollectorRegistry:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 import random
 import time
+from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
 from shared import refreshes
 from shared.attempts import claim_link, finish_attempt
 from shared.integrations import oauth_client
+from shared.metrics import EXCHANGES, error_class
 from shared.models import ConnectAttempt, Connection, ConnectSession, Integration
 from shared.providers import ProviderError, TokenSet
 from shared.providers import exchange_code as post_code
@@ -42,6 +44,17 @@ def backoff(retries: int) -> float:
 
 # The attempt failed because another attempt through the same link connected first.
 LINK_USED = "link_already_used"
+
+
+@dataclass(frozen=True)
+class Exchanged:
+    """How one run of the exchange ended: `outcome` (connected, retrying, failed,
+    interrupted, link_used, revoked, already_ended), the error class of a retrying or
+    failed run, and when to try again (retrying only)."""
+
+    outcome: str
+    error: str = ""
+    retry_in: float | None = None
 
 
 def _store(rt: Runtime, session: Session, connect_session: ConnectSession, tokens: TokenSet) -> str:
@@ -74,20 +87,24 @@ def _store(rt: Runtime, session: Session, connect_session: ConnectSession, token
 
 
 @celery.task(name=EXCHANGE_CODE, bind=True, max_retries=MAX_TRIES - 1)
-def exchange_code(self: KeeperTask, attempt_id: str, retry_until: float | None = None) -> None:
+def exchange_code(self: KeeperTask, attempt_id: str, retry_until: float | None = None) -> str:
     """Post the code to the token endpoint; again only after a transient failure, within
-    the window that `retry_until` (a Unix time set by the first try) closes."""
+    the window that `retry_until` (a Unix time set by the first try) closes. Each run is
+    counted by how it ended; the outcome is returned."""
     rt = self.rt
     retry_until = retry_until or time.time() + EXCHANGE_WINDOW_SECONDS
     try:
-        retry_in = _exchange(rt, attempt_id, self.request.retries, retry_until)
+        done = _exchange(rt, attempt_id, self.request.retries, retry_until)
     except Exception:
+        EXCHANGES.labels("failed", "server_error").inc()
         # Never leave the browser polling a pending attempt forever.
         with rt.db.session() as session:
             finish_attempt(session, attempt_id, "failed", error="server_error")
         raise
-    if retry_in is not None:
-        raise self.retry(countdown=retry_in, kwargs={"retry_until": retry_until})
+    EXCHANGES.labels(done.outcome, done.error).inc()
+    if done.retry_in is not None:
+        raise self.retry(countdown=done.retry_in, kwargs={"retry_until": retry_until})
+    return done.outcome
 
 
 def _fail(rt: Runtime, attempt_id: str, error: str) -> None:
@@ -95,13 +112,13 @@ def _fail(rt: Runtime, attempt_id: str, error: str) -> None:
         finish_attempt(session, attempt_id, "failed", error=error)
 
 
-def _exchange(rt: Runtime, attempt_id: str, retries: int = 0, retry_until: float | None = None) -> float | None:
-    """Take the code, post it, store the outcome; return when to try again (None: done).
-    Without `retry_until` there is no window: a single try."""
+def _exchange(rt: Runtime, attempt_id: str, retries: int = 0, retry_until: float | None = None) -> Exchanged:
+    """Take the code, post it, store the outcome; return how the run ended (and when to
+    try again). Without `retry_until` there is no window: a single try."""
     with rt.db.session() as session:
         attempt = session.get(ConnectAttempt, attempt_id)
         if attempt is None or attempt.status != "pending":
-            return None
+            return Exchanged("already_ended")
         connect_session = session.get(ConnectSession, attempt.session_id)
         assert connect_session is not None  # rows are never deleted under a pending attempt
         integration = session.get(Integration, connect_session.integration_id)
@@ -109,7 +126,7 @@ def _exchange(rt: Runtime, attempt_id: str, retries: int = 0, retry_until: float
         if connect_session.used_at is not None:  # another attempt through the link won already
             finish_attempt(session, attempt_id, "failed", error=LINK_USED)
             rt.codes.take(attempt_id)
-            return None
+            return Exchanged("link_used")
         client = oauth_client(rt, integration)
         use_pkce = integration.pkce
         revoked = bool(connect_session.connection_id) and session.get(
@@ -117,25 +134,25 @@ def _exchange(rt: Runtime, attempt_id: str, retries: int = 0, retry_until: float
     if revoked:
         rt.codes.take(attempt_id)  # a disconnect is final: the code is never posted
         _fail(rt, attempt_id, "connection_revoked")
-        return None
+        return Exchanged("revoked")
     taken = rt.codes.take(attempt_id)
     if taken is None:
         _fail(rt, attempt_id, "exchange_interrupted")
-        return None
+        return Exchanged("interrupted")
     code, verifier = taken
     try:
         tokens = post_code(client, code=code, redirect_uri=rt.settings.redirect_uri,
                            code_verifier=verifier if use_pkce else None, timeout=rt.settings.http_timeout_seconds)
     except ProviderError as error:
-        wait = backoff(retries)
+        wait, failure = backoff(retries), error_class(error.error, error.status)
         if is_transient(error) and retries < MAX_TRIES - 1 and time.time() + wait < (retry_until or 0):
             # A transient failure did not spend the code: it goes back for the next try.
             rt.codes.put(attempt_id, code, verifier)
             log.warning("exchange for attempt %s failed (%s); trying again in %.1fs", attempt_id, error.error, wait)
-            return wait
+            return Exchanged("retrying", failure, wait)
         log.warning("exchange for attempt %s failed: %s", attempt_id, error.error)
         _fail(rt, attempt_id, error.error or "exchange_failed")
-        return None
+        return Exchanged("failed", failure)
     try:
         with rt.db.session() as session:
             if not claim_link(session, connect_session.id):
@@ -143,12 +160,12 @@ def _exchange(rt: Runtime, attempt_id: str, retries: int = 0, retry_until: float
                 # grant is dropped, never stored, so the link makes one connection.
                 log.warning("attempt %s lost its connect link to another attempt", attempt_id)
                 finish_attempt(session, attempt_id, "failed", error=LINK_USED)
-                return None
+                return Exchanged("link_used")
             connection_id = _store(rt, session, connect_session, tokens)
             finish_attempt(session, attempt_id, "succeeded", connection_id=connection_id)
     except ConnectionRevoked:
         _fail(rt, attempt_id, "connection_revoked")
-        return None
+        return Exchanged("revoked")
     refreshes.announce(rt.redis, connection_id)  # a re-authorized connection is cached by the web
     log.info("attempt %s connected %s", attempt_id, connection_id)
-    return None
+    return Exchanged("connected")

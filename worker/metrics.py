@@ -1,5 +1,6 @@
-"""Metrics of a worker: refresh and exchange outcomes, counted from Celery's task
-signals, served on WORKER_METRICS_PORT by each worker process."""
+"""Metrics of a worker: refresh and webhook outcomes, counted from Celery's task
+signals, served on WORKER_METRICS_PORT by each worker process. (Code exchanges are
+counted by the exchange itself, which knows how each run ended.)"""
 from __future__ import annotations
 
 import logging
@@ -13,18 +14,28 @@ from prometheus_client import start_http_server
 
 from shared.config import get_settings
 from shared.metrics import EXCHANGES, REFRESH_LATENCY, REFRESHES, WEBHOOK_DELIVERIES
-from shared.queue import DELIVER_WEBHOOK, EXCHANGE_CODE, REFRESH_BATCH, REFRESH_CONNECTION
+from shared.queue import DELIVER_WEBHOOK, REFRESH_BATCH, REFRESH_CONNECTION
 
 log = logging.getLogger(__name__)
 
 # What a chunk's result counts that is a refresh's end (not its fan-out or deferral).
 BATCH_OUTCOMES = frozenset({"refreshed", "not_needed", "stale", "failed", "rate_limited", "needs_reauth"})
+# Series that a worker exports from its start, at 0: Prometheus sees no increase in a
+# series that first appears at 1, so without them a rate would miss the first of each.
+FROM_THE_START = (
+    (REFRESHES, [("refreshed",), ("failed",), ("rate_limited",), ("needs_reauth",), ("error",)]),
+    (WEBHOOK_DELIVERIES, [("delivered",), ("failed",), ("given_up",)]),
+    (EXCHANGES, [("connected", ""), ("interrupted", ""), ("link_used", ""), ("revoked", "")]),
+)
 _started: dict[str, float] = {}
 _lock = threading.Lock()
 
 
 @worker_ready.connect
 def _serve(**_: Any) -> None:
+    for counter, label_sets in FROM_THE_START:
+        for labels in label_sets:
+            counter.labels(*labels)
     port = get_settings().worker_metrics_port
     if port:
         start_http_server(port)
@@ -49,7 +60,5 @@ def _count(task_id: str, task: Task, retval: Any = None, state: str | None = Non
         for outcome, count in retval.items():
             if outcome in BATCH_OUTCOMES and count:
                 REFRESHES.labels(outcome).inc(count)
-    elif task.name == EXCHANGE_CODE:
-        EXCHANGES.labels(retval if isinstance(retval, str) else (state or "error").lower()).inc()
     elif task.name == DELIVER_WEBHOOK and isinstance(retval, str):
         WEBHOOK_DELIVERIES.labels(retval).inc()

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import select
 
+import worker.metrics  # noqa: F401 - the task signals' handlers, connected as in a worker
 from shared.models import ConnectAttempt, Connection, ConnectSession, Integration, Tenant, new_id, utcnow
 from shared.runtime import Runtime
 from tests.unit.worker.conftest import Reply, TokenEndpoint, history
+from worker import app, exchange
 from worker.exchange import _exchange
 
 
@@ -114,3 +118,31 @@ def test_a_reauthorization_keeps_the_connection_and_bumps_its_version(worker_run
     assert connection is not None
     assert connection.status == "active" and connection.version == old_version + 1 and connection.scopes == ["x", "y"]
     assert history(rt, connection_id) == ["created", "reauthorized"]
+
+
+def _counted() -> dict[tuple[str, str], float]:
+    """Every `oauth_exchanges_total` sample of this process, by (outcome, error)."""
+    return {(sample.labels["outcome"], sample.labels.get("error", "")): sample.value
+            for family in REGISTRY.collect() if family.name == "oauth_exchanges"
+            for sample in family.samples if sample.name == "oauth_exchanges_total"}
+
+
+def test_each_run_is_counted_by_how_it_ended_not_by_its_task_state(
+        monkeypatch: pytest.MonkeyPatch, worker_runtime: Runtime, endpoint: TokenEndpoint) -> None:
+    # The task runs through Celery's tracer, signals and all, on the test's runtime.
+    monkeypatch.setenv("SECRET_KEY", worker_runtime.settings.secret_key)
+    monkeypatch.setenv("TOKEN_ENCRYPTION_KEYS", worker_runtime.settings.token_encryption_keys)
+    monkeypatch.setattr(app, "runtime", lambda: worker_runtime)
+    rt = worker_runtime
+    endpoint.replies += [Reply(400, {"error": "invalid_grant"}), Reply(503, b"<h1>down</h1>"), Reply()]
+    before = _counted()
+    failed, retried, interrupted = (_attempt(rt, endpoint.url) for _ in range(3))
+    rt.codes.take(interrupted)  # a worker took the code, then died
+
+    for attempt_id in (failed, retried, interrupted):
+        exchange.exchange_code.apply(args=[attempt_id])
+
+    assert [_ended(rt, a).status for a in (failed, retried, interrupted)] == ["failed", "succeeded", "failed"]
+    counted = {key: value - before.get(key, 0) for key, value in _counted().items() if value != before.get(key, 0)}
+    assert counted == {("failed", "invalid_grant"): 1, ("retrying", "http_5xx"): 1, ("connected", ""): 1,
+                       ("interrupted", ""): 1}

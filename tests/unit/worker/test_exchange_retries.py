@@ -77,25 +77,28 @@ def test_a_transient_failure_puts_the_code_back_and_the_retry_connects(memory_ru
     attempt_id = _attempt(memory_runtime)
     until = time.time() + exchange.EXCHANGE_WINDOW_SECONDS
 
-    wait = exchange._exchange(memory_runtime, attempt_id, 0, until)
-    assert wait is not None and 0 < wait < 1
+    done = exchange._exchange(memory_runtime, attempt_id, 0, until)
+    assert (done.outcome, done.error) == ("retrying", "temporarily_unavailable")
+    assert done.retry_in is not None and 0 < done.retry_in < 1
     assert _status(memory_runtime, attempt_id) == ("pending", None)
-    assert exchange._exchange(memory_runtime, attempt_id, 1, until) is None
+    assert exchange._exchange(memory_runtime, attempt_id, 1, until) == exchange.Exchanged("connected")
     assert posted == [CODE, CODE]
     assert _status(memory_runtime, attempt_id) == ("succeeded", None)
     assert memory_runtime.codes.take(attempt_id) is None  # spent
 
 
-@pytest.mark.parametrize("error", [
-    ProviderError("x", status=400, error="invalid_grant"),
-    ProviderError("x", status=400, error="invalid_request"),
-    ProviderError("x", status=429, error="slow_down"),
+@pytest.mark.parametrize(("error", "counted_as"), [
+    (ProviderError("x", status=400, error="invalid_grant"), "invalid_grant"),
+    (ProviderError("x", status=400, error="invalid_request"), "invalid_request"),
+    (ProviderError("x", status=429, error="slow_down"), "http_4xx"),  # no standard code: its status class
 ])
-def test_a_definitive_answer_is_never_retried(memory_runtime: Runtime, posts: Any, error: ProviderError) -> None:
+def test_a_definitive_answer_is_never_retried(memory_runtime: Runtime, posts: Any, error: ProviderError,
+                                              counted_as: str) -> None:
     posted, script = posts
     script.append(error)
     attempt_id = _attempt(memory_runtime)
-    assert exchange._exchange(memory_runtime, attempt_id, 0, time.time() + 15) is None
+    assert exchange._exchange(memory_runtime, attempt_id, 0, time.time() + 15) == exchange.Exchanged("failed",
+                                                                                                     counted_as)
     assert posted == [CODE]
     assert _status(memory_runtime, attempt_id) == ("failed", error.error)
     assert memory_runtime.codes.take(attempt_id) is None
@@ -105,7 +108,8 @@ def test_retries_stop_when_the_window_closes(memory_runtime: Runtime, posts: Any
     posted, script = posts
     script.append(UNAVAILABLE)
     attempt_id = _attempt(memory_runtime)
-    assert exchange._exchange(memory_runtime, attempt_id, 0, time.time() + 0.1) is None
+    assert exchange._exchange(memory_runtime, attempt_id, 0, time.time() + 0.1) == exchange.Exchanged(
+        "failed", "temporarily_unavailable")
     assert _status(memory_runtime, attempt_id) == ("failed", "temporarily_unavailable")
 
 
@@ -113,7 +117,8 @@ def test_retries_stop_after_the_last_try(memory_runtime: Runtime, posts: Any) ->
     posted, script = posts
     script.append(UNAVAILABLE)
     attempt_id = _attempt(memory_runtime)
-    assert exchange._exchange(memory_runtime, attempt_id, exchange.MAX_TRIES - 1, time.time() + 60) is None
+    assert exchange._exchange(memory_runtime, attempt_id, exchange.MAX_TRIES - 1, time.time() + 60) == \
+        exchange.Exchanged("failed", "temporarily_unavailable")
     assert _status(memory_runtime, attempt_id) == ("failed", "temporarily_unavailable")
 
 
@@ -128,7 +133,8 @@ def test_a_redelivery_after_a_crash_during_the_post_never_posts_the_code_again(
     script.append(Crash())
     with pytest.raises(Crash):
         exchange._exchange(memory_runtime, attempt_id, 0, time.time() + 15)
-    assert exchange._exchange(memory_runtime, attempt_id, 0, time.time() + 15) is None  # the redelivery
+    redelivered = exchange._exchange(memory_runtime, attempt_id, 0, time.time() + 15)
+    assert redelivered == exchange.Exchanged("interrupted")
     assert posted == [CODE]
     assert _status(memory_runtime, attempt_id) == ("failed", "exchange_interrupted")
 
@@ -138,7 +144,7 @@ def test_a_reauthorization_of_a_revoked_connection_fails_without_posting_the_cod
     posted, script = posts
     script.append(TOKENS)
     attempt_id = _attempt(memory_runtime, revoked_connection=True)
-    assert exchange._exchange(memory_runtime, attempt_id, 0, time.time() + 15) is None
+    assert exchange._exchange(memory_runtime, attempt_id, 0, time.time() + 15) == exchange.Exchanged("revoked")
     assert posted == []
     assert _status(memory_runtime, attempt_id) == ("failed", "connection_revoked")
     assert memory_runtime.codes.take(attempt_id) is None
