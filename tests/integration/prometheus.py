@@ -73,7 +73,7 @@ class Prometheus:
     folder: Path
     process: Process
 
-    def ready(self) -> "Prometheus":
+    def ready(self) -> Prometheus:
         """This, once it answers (its first scrapes come later, after target discovery)."""
         wait_for(lambda: self.process.popen.poll() is not None or requests.get(f"{self.url}/-/ready", timeout=2).ok,
                  timeout=30, what="prometheus")
