@@ -174,7 +174,7 @@ def compose(new_database: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
     program = prom.binary()
     prometheus = start_prometheus(run, program, tmp_path_factory.mktemp("prometheus")) if program else None
     try:
-        wait_for(lambda: requests.get(f"{stack.base_url}/readyz", timeout=2).ok, timeout=30, what="web /readyz")
+        wait_for(lambda: requests.get(f"{stack.base_url}/readyz", timeout=2).ok, timeout=90, what="web /readyz")
         for worker in workers:
             wait_for(lambda worker=worker: "ready." in worker.output(), timeout=30, what=worker.name)
         if prometheus is not None:
