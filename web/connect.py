@@ -165,7 +165,11 @@ def callback() -> ResponseReturnValue:
             "status": AttemptStatus.FAILED if error else AttemptStatus.PENDING,
             "finished_at": now if error else None, "created_at": now})
     if not error:
-        rt.celery.send_task(EXCHANGE_CODE, args=[attempt_id], queue=INTERACTIVE_QUEUE, ignore_result=True)
+        # No declaration on the way: a named queue on Redis is a list the message is pushed
+        # to, declared or not, and kombu would copy the queue's declaration on every send
+        # only to find it declared already.
+        rt.celery.send_task(EXCHANGE_CODE, args=[attempt_id], queue=INTERACTIVE_QUEUE, ignore_result=True,
+                            declare=())
     return redirect(f"/connect/attempts/{attempt_id}", 303)
 
 
