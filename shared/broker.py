@@ -4,9 +4,9 @@ channel instead of one built for every command.
 kombu's Redis channel builds a new `redis.Redis` around its connection pool for each
 command it sends without a client of its own (every publish, every queue size), and
 building one costs more CPU than sending the command. The client kept here uses the
-same pool, so reconnection after a Redis restart works as before: the pool drops the
-dead connection and the command is retried (by redis-py, then by kombu's publish retry,
-which replaces the channel and so its client)."""
+channel's own pool, so a Redis restart is survived as before: the pool replaces a dead
+connection when it hands it out, and kombu's publish retry, if ever needed, replaces the
+channel and so its client."""
 from __future__ import annotations
 
 from collections.abc import Iterator

@@ -38,7 +38,7 @@ class SealedStore:
     def put(self, key: str, value: dict[str, Any], *, only_new: bool = False) -> bool:
         """Store a value; with `only_new`, False if the key exists already (SET NX)."""
         sealed = self._cipher.encrypt(json.dumps(value))
-        return bool(self._redis.set(f"{self._prefix}{key}", sealed, nx=only_new, ex=self._ttl))
+        return bool(self._redis.set(self.name(key), sealed, nx=only_new, ex=self._ttl))
 
     def name(self, key: str) -> str:
         """The Redis key of a value."""
