@@ -8,7 +8,6 @@ from typing import Any
 
 import redis
 from cryptography.fernet import InvalidToken
-from redis.client import Pipeline
 
 from shared.crypto import Cipher
 
@@ -40,16 +39,9 @@ class SealedStore:
         sealed = self._cipher.encrypt(json.dumps(value))
         return bool(self._redis.set(self.name(key), sealed, nx=only_new, ex=self._ttl))
 
-    def name(self, key: str) -> str:
-        """The Redis key of a value."""
-        return f"{self._prefix}{key}"
-
     def take(self, key: str) -> dict[str, Any] | None:
         """Read and delete in one step: a second taker, or a late one, finds nothing."""
-        return self.unseal(self._redis.getdel(self.name(key)))
-
-    def unseal(self, sealed: bytes | str | None) -> dict[str, Any] | None:
-        """The value of a sealed reply (of GETDEL, for one sent in a pipeline)."""
+        sealed = self._redis.getdel(f"{self._prefix}{key}")
         if sealed is None:
             return None
         raw = sealed.decode() if isinstance(sealed, bytes) else sealed
@@ -78,18 +70,7 @@ class StateStore:
 
     def consume(self, state: str) -> PendingState | None:
         """Take the state: a replay or an expired state finds nothing."""
-        return self._pending(self._store.take(state))
-
-    def consume_in(self, pipe: Pipeline, state: str) -> None:
-        """Queue the taking of the state (GETDEL) in `pipe`; `opened` reads its reply."""
-        pipe.getdel(self._store.name(state))
-
-    def opened(self, sealed: bytes | None) -> PendingState | None:
-        """The pending flow of a reply queued by `consume_in`."""
-        return self._pending(self._store.unseal(sealed))
-
-    @staticmethod
-    def _pending(value: dict[str, Any] | None) -> PendingState | None:
+        value = self._store.take(state)
         return PendingState(**value) if value else None
 
 

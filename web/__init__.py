@@ -52,7 +52,6 @@ def create_app(settings: Settings | None = None, runtime_: Runtime | None = None
     app.extensions["metrics"].register(StateCollector(rt))
 
     from web import api, cli, connect, ops, webhooks
-    from web.browser_limits import AddressLimit
     from web.errors import refuse_unreadable_input
     from web.limits import init_limits
 
@@ -62,8 +61,7 @@ def create_app(settings: Settings | None = None, runtime_: Runtime | None = None
     app.register_blueprint(ops.bp)
     app.register_error_handler(HTTPException, api.api_http_error)
     app.before_request(refuse_unreadable_input)
-    init_limits(app, rt, api=[api.bp, webhooks.bp])
-    app.extensions["browser_limit"] = AddressLimit(settings.browser_rate_limit)
+    init_limits(app, rt, browser=[connect.bp], api=[api.bp, webhooks.bp])
     if settings.sandbox_provider:
         from web import sandbox, sandbox_api
 

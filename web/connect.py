@@ -21,7 +21,6 @@ from shared.nonces import STATE_TTL_SECONDS, PendingState
 from shared.providers import build_authorize_url
 from shared.queue import EXCHANGE_CODE, INTERACTIVE_QUEUE
 from web import runtime, schemas
-from web.browser_limits import admit, limit_page
 from web.errors import ApiError
 from web.openapi import HTML, JSON, Answer, operation, page
 from web.openapi import redirect as redirect_answer
@@ -40,13 +39,6 @@ PAGE_HEADERS = {
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
 }
-
-
-@bp.before_request
-def _limit() -> Response | None:
-    """Every page of the flow counts toward the client's limit; the callback counts in the
-    round trip that takes its state."""
-    return None if request.endpoint == "connect.callback" else limit_page(runtime().redis)
 
 
 @bp.after_request
@@ -126,17 +118,7 @@ def callback() -> ResponseReturnValue:
     rt = runtime()
     args = request.args
     state = args.get("state", "")
-    if state:
-        # One round trip: the state is taken (even from a client over the limit, who
-        # starts again) and the request counted.
-        pipe = rt.redis.pipeline(transaction=False)
-        rt.states.consume_in(pipe, state)
-        refused, (sealed,) = admit(pipe, 1)
-        pending = rt.states.opened(sealed)
-    else:
-        refused, pending = limit_page(rt.redis), None
-    if refused:
-        return refused
+    pending = rt.states.consume(state) if state else None
     if pending is None:
         return _page(400, "Sign-in could not be completed",
                      "This sign-in has expired or was already used. Start again from the app.")

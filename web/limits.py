@@ -1,6 +1,6 @@
-"""Rate limits (flask-limiter on the service's Redis): per tenant on the API, and the
-browser's 429 page (the browser flow counts per client address in web.browser_limits).
-They fail open: with Redis down, nothing is limited and every request is still served."""
+"""Rate limits (flask-limiter on the service's Redis): per client address on the browser
+flow, per tenant on the API. They fail open: with Redis down, nothing is limited and
+every request is still served."""
 from __future__ import annotations
 
 import math
@@ -31,8 +31,8 @@ def tenant_key() -> str:
     return f"tenant:{g.tenant_id}"
 
 
-def init_limits(app: Flask, rt: Runtime, api: list[Blueprint]) -> Limiter:
-    """Limit the `api` blueprints per tenant (the browser flow counts its own: web.browser_limits)."""
+def init_limits(app: Flask, rt: Runtime, browser: list[Blueprint], api: list[Blueprint]) -> Limiter:
+    """Limit the `browser` blueprints per client address and the `api` ones per tenant."""
     settings = rt.settings
     if settings.trusted_proxy_count:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxy_count)  # type: ignore[method-assign]
@@ -46,6 +46,8 @@ def init_limits(app: Flask, rt: Runtime, api: list[Blueprint]) -> Limiter:
         in_memory_fallback_enabled=False,  # per-process counters would not be the limit either
     )
     limiter.init_app(app)
+    for blueprint in browser:
+        limiter.shared_limit(settings.browser_rate_limit, scope="browser")(blueprint)
     for blueprint in api:
         limiter.shared_limit(settings.api_rate_limit, scope="api", key_func=tenant_key,
                              exempt_when=lambda: request.endpoint == "api.openapi")(blueprint)
@@ -62,16 +64,12 @@ def _retry_after() -> int:
     return min(max(1, math.ceil(reset_at - time.time())), MAX_RETRY_AFTER_SECONDS)
 
 
-def too_many_requests(error: RateLimitExceeded) -> Response:
+def too_many_requests(error: RateLimitExceeded) -> Response | tuple[str, int, dict[str, str]]:
     """429 with Retry-After: JSON with code `rate_limited` under /api, a page in the browser."""
+    headers = {"Retry-After": str(_retry_after())}
     if request.path.startswith("/api/"):
         return ApiError(429, "rate_limited", f"rate limit exceeded ({error.description}); retry later",
-                        headers={"Retry-After": str(_retry_after())}).response()
-    return refusal(_retry_after())
-
-
-def refusal(retry_after: int) -> Response:
-    """The browser's 429: a page, with Retry-After."""
+                        headers=headers).response()
     page = render_template("message.html", title="Too many requests",
                            message="Too many requests from this address. Wait a moment, then try again.")
-    return Response(page, 429, {"Retry-After": str(retry_after)}, mimetype="text/html")
+    return page, 429, headers
