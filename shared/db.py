@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import CursorResult, Engine, Result, create_engine, event
+from sqlalchemy import Connection, CursorResult, Engine, Result, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
@@ -66,6 +66,7 @@ class Database:
     def __init__(self, database_url: str, pool_size: int = 10, max_overflow: int = 0) -> None:
         self.engine = make_engine(database_url, pool_size, max_overflow)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -81,16 +82,12 @@ class Database:
             session.close()
 
     @contextmanager
-    def autocommit(self) -> Iterator[Session]:
-        """A session whose statements each commit on their own, for a request that writes
-        at most one statement: no BEGIN and no COMMIT round trips around it."""
-        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-            session = Session(connection, expire_on_commit=False)
-            try:
-                yield session
-                session.commit()
-            finally:
-                session.close()
+    def autocommit(self) -> Iterator[Connection]:
+        """A Core connection whose statements each commit on their own, for a request that
+        reads or writes one statement at a time: no BEGIN and no COMMIT round trips around
+        them, and no ORM session to build."""
+        with self._autocommit.connect() as connection:
+            yield connection
 
     def dispose(self) -> None:
         """Drop pooled connections (after a fork)."""

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, bindparam, select
 
 from shared.config import Settings
 from shared.crypto import Cipher
@@ -34,6 +34,12 @@ class AuthorizeTarget:
     issuer: str | None
 
 
+_integrations = Integration.__table__
+_TARGET = select(_integrations.c.id, _integrations.c.authorize_url, _integrations.c.client_id,
+                 _integrations.c.scopes, _integrations.c.pkce, _integrations.c.extra_authorize_params,
+                 _integrations.c.issuer).where(_integrations.c.id == bindparam("id"))
+
+
 class TargetCache:
     """Integration id → AuthorizeTarget, for CACHE_SECONDS."""
 
@@ -41,21 +47,20 @@ class TargetCache:
         self._entries: dict[str, tuple[float, AuthorizeTarget]] = {}
         self._lock = threading.Lock()
 
-    def get(self, session: Session, integration_id: str) -> AuthorizeTarget | None:
+    def get(self, connection: Connection, integration_id: str) -> AuthorizeTarget | None:
         """The cached view, or one read now."""
         now = time.monotonic()
         with self._lock:
             entry = self._entries.get(integration_id)
         if entry and entry[0] > now:
             return entry[1]
-        integration = session.get(Integration, integration_id)
-        if integration is None:
+        row = connection.execute(_TARGET, {"id": integration_id}).first()
+        if row is None:
             return None
         target = AuthorizeTarget(
-            id=integration.id, authorize_url=integration.authorize_url, client_id=integration.client_id,
-            scopes=tuple(integration.scopes), pkce=integration.pkce,
-            extra_authorize_params=tuple(sorted(integration.extra_authorize_params.items())),
-            issuer=integration.issuer)
+            id=row.id, authorize_url=row.authorize_url, client_id=row.client_id, scopes=tuple(row.scopes),
+            pkce=row.pkce, extra_authorize_params=tuple(sorted(row.extra_authorize_params.items())),
+            issuer=row.issuer)
         with self._lock:
             self._entries[integration_id] = (now + CACHE_SECONDS, target)
         return target

@@ -26,6 +26,8 @@ DEFAULT_QUEUE = "celery"
 # Webhook deliveries have a queue of their own, so they never wait behind refreshes
 # (and a tenant's slow endpoint never holds up a refresh).
 WEBHOOK_QUEUE = "webhooks"
+# kombu's Redis transport, publishing without building a Redis client each time.
+BROKER_TRANSPORT = "shared.broker:Transport"
 
 
 def build_celery(settings: Settings, name: str = "oauth") -> Celery:
@@ -50,6 +52,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
     return dict(
         broker_url=settings.redis_url,
+        broker_transport=BROKER_TRANSPORT,
         result_backend=settings.redis_url,
         task_queues=(Queue(INTERACTIVE_QUEUE), Queue(WEBHOOK_QUEUE), Queue(DEFAULT_QUEUE)),
         task_default_queue=DEFAULT_QUEUE,

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Flask, current_app, request
+from flask.sessions import SessionInterface, SessionMixin
 from prometheus_client import CollectorRegistry
 from werkzeug.exceptions import HTTPException
 
@@ -22,6 +23,18 @@ class App(Flask):
         self.logger.error("Exception on %s [%s]", rule, request.method, exc_info=exc_info)
 
 
+class NoSessions(SessionInterface):
+    """No Flask session: nothing here keeps state in a signed cookie (the connect flow's
+    state lives in Redis), so no request pays for opening or saving one. Writing to
+    `flask.session` fails loudly (Flask's NullSession)."""
+
+    def open_session(self, app: Flask, request: Any) -> None:
+        return None
+
+    def save_session(self, app: Flask, session: SessionMixin, response: Any) -> None:
+        return None
+
+
 def create_app(settings: Settings | None = None, runtime_: Runtime | None = None) -> Flask:
     """Build the web application from the settings (read from the environment by default).
 
@@ -32,6 +45,7 @@ def create_app(settings: Settings | None = None, runtime_: Runtime | None = None
     app.url_map.merge_slashes = False
     app.config.update(SECRET_KEY=settings.secret_key, MAX_CONTENT_LENGTH=256 * 1024)
     app.json.sort_keys = False  # type: ignore[attr-defined]  # fields in the documented order
+    app.session_interface = NoSessions()
     rt = app.extensions["runtime"] = runtime_ or build_runtime(settings)
     app.extensions["updates"] = UpdateListener(rt.redis, settings.token_cache_seconds)
     app.extensions["metrics"] = CollectorRegistry(auto_describe=False)

@@ -9,7 +9,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from flask import Blueprint, Response, redirect, render_template, request
 from flask.typing import ResponseReturnValue
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select
 
 from shared import pkce
 from shared.attempts import expire_if_stale
@@ -52,7 +52,10 @@ def _page(status: int, title: str, message: str) -> tuple[str, int]:
     return render_template("message.html", title=title, message=message), status
 
 
-# Built once: Core, no ORM bookkeeping, on every callback.
+# Built once: Core, no ORM bookkeeping, on every link and every callback.
+_links = ConnectSession.__table__
+_LINK = select(_links.c.id, _links.c.integration_id, _links.c.expires_at, _links.c.used_at).where(
+    _links.c.token_hash == bindparam("token_hash"))
 _NEW_ATTEMPT = insert(ConnectAttempt.__table__)
 
 
@@ -70,19 +73,15 @@ def start(token: str) -> ResponseReturnValue:
     attempt through it succeeds (the exchange claims it)."""
     rt = runtime()
     token_hash = digest(token)
-    with rt.db.autocommit() as session:  # reads only: no transaction to open and close
-        found = session.execute(
-            select(ConnectSession.id, ConnectSession.integration_id, ConnectSession.expires_at,
-                   ConnectSession.used_at)
-            .where(ConnectSession.token_hash == token_hash)
-        ).first()
+    with rt.db.autocommit() as connection:  # reads only: no transaction to open and close
+        found = connection.execute(_LINK, {"token_hash": token_hash}).first()
         if found is None:
             return _page(404, "Link not found", "This connect link is not valid. Ask the app for a new one.")
         if found.used_at is not None:
             return _page(410, "Link already used", "This connect link has been used. Ask the app for a new one.")
         if found.expires_at <= utcnow():
             return _page(410, "Link expired", "This connect link has expired. Ask the app for a new one.")
-        target = targets.get(session, found.integration_id)
+        target = targets.get(connection, found.integration_id)
         assert target is not None
 
     binding = request.cookies.get(BINDING_COOKIE) or new_secret(24)
@@ -129,9 +128,9 @@ def callback() -> ResponseReturnValue:
         return _page(400, "Sign-in could not be completed",
                      "This sign-in was started in another browser. Start again from the app, in this browser.")
 
-    attempt = ConnectAttempt(id=new_id("att"), session_id=pending.session_id)
-    with rt.db.autocommit() as session:  # one INSERT: one round trip
-        target = targets.get(session, pending.integration_id)
+    attempt_id = new_id("att")
+    with rt.db.autocommit() as connection:  # one INSERT: one round trip
+        target = targets.get(connection, pending.integration_id)
         if target is None:
             return _page(404, "Link not found", "This sign-in no longer exists.")
         if "error" in args:
@@ -142,15 +141,19 @@ def callback() -> ResponseReturnValue:
             error = "missing_code"
         else:
             error = None
-            rt.codes.put(attempt.id, args["code"], pending.code_verifier)
-        if error:
-            attempt.status, attempt.error, attempt.finished_at = AttemptStatus.FAILED, error, utcnow()
-        session.execute(_NEW_ATTEMPT, {"id": attempt.id, "session_id": attempt.session_id,
-                                       "status": attempt.status or AttemptStatus.PENDING, "error": attempt.error,
-                                       "finished_at": attempt.finished_at, "created_at": utcnow()})
+            rt.codes.put(attempt_id, args["code"], pending.code_verifier)
+        now = utcnow()
+        connection.execute(_NEW_ATTEMPT, {
+            "id": attempt_id, "session_id": pending.session_id, "error": error,
+            "status": AttemptStatus.FAILED if error else AttemptStatus.PENDING,
+            "finished_at": now if error else None, "created_at": now})
     if not error:
-        rt.celery.send_task(EXCHANGE_CODE, args=[attempt.id], queue=INTERACTIVE_QUEUE, ignore_result=True)
-    return redirect(f"/connect/attempts/{attempt.id}", 303)
+        # No declaration on the way: a named queue on Redis is a list the message is pushed
+        # to, declared or not, and kombu would copy the queue's declaration on every send
+        # only to find it declared already.
+        rt.celery.send_task(EXCHANGE_CODE, args=[attempt_id], queue=INTERACTIVE_QUEUE, ignore_result=True,
+                            declare=())
+    return redirect(f"/connect/attempts/{attempt_id}", 303)
 
 
 def _return_location(return_url: str, attempt: ConnectAttempt) -> str:
