@@ -19,6 +19,7 @@ import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from celery import Celery
 from sqlalchemy import select
@@ -139,9 +140,7 @@ def _refresh_once(rt: Runtime, app: Celery, connection_ids: list[str],
     outcomes["lock_busy"] += len(busy)
     if not held:
         return 0, {}, 0.0
-    with rt.db.session() as session:
-        rows = session.execute(select(Connection, Integration).join(Integration)
-                               .where(Connection.id.in_(list(held)))).all()
+    rows = _read(rt, list(held))
     settled: dict[str, Outcome] = {cid: Outcome("not_needed") for cid in held}
     due = [row for row in rows if needs_refresh(row.Connection, None, rt.settings.refresh_margin_seconds)]
     without_token = [row.Connection for row in due if not row.Connection.refresh_token_enc]
@@ -176,6 +175,13 @@ def _refresh_once(rt: Runtime, app: Celery, connection_ids: list[str],
     return len(going), deferred, wait
 
 
+def _read(rt: Runtime, connection_ids: list[str]) -> list[Any]:
+    """The locked connections with their integrations, in one SELECT."""
+    with rt.db.session() as session:
+        return list(session.execute(select(Connection, Integration).join(Integration)
+                                    .where(Connection.id.in_(connection_ids))).all())
+
+
 def _write(rt: Runtime, answered: list[Call], without_token: list[Connection], settled: dict[str, Outcome]) -> None:
     """Every answer of the chunk in one transaction: the refreshed rows in one fenced
     statement, the failures each fenced, and their events."""
@@ -185,9 +191,9 @@ def _write(rt: Runtime, answered: list[Call], without_token: list[Connection], s
         written = fenced_update_many(session, [
             (call.connection.id, call.connection.version, refreshed_values(rt, call.answer, now))
             for call in refreshed if isinstance(call.answer, TokenSet)])
+        record_success_events(session, [call.connection for call in refreshed if call.connection.id in written])
         for call in refreshed:
             if call.connection.id in written:
-                record_success_events(session, call.connection)
                 settled[call.connection.id] = Outcome("refreshed")
             else:
                 log.warning("refresh of %s lost its lock: a newer write won, this answer is dropped",
