@@ -26,7 +26,7 @@ from sqlalchemy import select
 
 from shared import refreshes
 from shared.fairness import SLOT_WAIT_SECONDS, TURN_SECONDS, Turns, counts_against_host, host_of
-from shared.integrations import oauth_client
+from shared.integrations import oauth_client, server_urls
 from shared.locks import release_refresh_locks, take_refresh_locks
 from shared.models import Connection, Integration, utcnow
 from shared.providers import OAuthClient, ProviderError, TokenSet
@@ -86,7 +86,7 @@ def _post(rt: Runtime, call: Call) -> Call:
     return call
 
 
-def refresh_chunk(rt: Runtime, app: Celery, connection_ids: list[str], deferrals: int = 0) -> Counter[str]:
+def refresh_chunk(rt: Runtime, app: Celery, connection_ids: list[str]) -> Counter[str]:
     """Refresh a chunk of connections that the sweep claimed, and settle each one's marker;
     answers how many ended each way. Connections whose host had no free slot go again at
     once while others of the chunk could go (the task is working, not waiting); when
@@ -98,32 +98,29 @@ def refresh_chunk(rt: Runtime, app: Celery, connection_ids: list[str], deferrals
             return outcomes
         if not went:
             for host, ids in deferred.items():
-                defer(rt, app, ids, host, wait, deferrals)
+                defer(rt, app, ids, host, wait)
                 outcomes["deferred"] += len(ids)
             return outcomes
         connection_ids = [cid for ids in deferred.values() for cid in ids]
 
 
-def defer(rt: Runtime, app: Celery, connection_ids: list[str], host: str, wait: float, deferrals: int) -> None:
+def defer(rt: Runtime, app: Celery, connection_ids: list[str], host: str, wait: float) -> None:
     """Queue connections of one host again. Waiting for a slot (`wait` of `SLOT_WAIT_SECONDS`
     or less), they take a turn that the next call to finish at that host wakes; waiting for
     its breaker, they go when it is due to let a probe through."""
     if wait <= SLOT_WAIT_SECONDS:
-        turn = Turns(rt.redis).wait(host, json.dumps({"ids": connection_ids, "deferrals": deferrals + 1}))
-        app.send_task(REFRESH_BATCH, args=[connection_ids],
-                      kwargs={"deferrals": deferrals + 1, "host": host, "turn": turn},
+        turn = Turns(rt.redis).wait(host, json.dumps(connection_ids))
+        app.send_task(REFRESH_BATCH, args=[connection_ids], kwargs={"host": host, "turn": turn},
                       countdown=TURN_SECONDS * random.uniform(0.8, 1.2), ignore_result=True)
         return
-    app.send_task(REFRESH_BATCH, args=[connection_ids], kwargs={"deferrals": deferrals + 1, "host": host},
+    app.send_task(REFRESH_BATCH, args=[connection_ids], kwargs={"host": host},
                   countdown=wait * random.uniform(1.0, 1.2), ignore_result=True)
 
 
 def wake(rt: Runtime, app: Celery, host: str, released: int) -> None:
     """Send the turns that `released` freed slots of `host` make room for, oldest first."""
     for payload in Turns(rt.redis).wake(host, max(1, round(released / CHUNK))):
-        turn = json.loads(payload)
-        app.send_task(REFRESH_BATCH, args=[turn["ids"]], kwargs={"deferrals": turn["deferrals"]},
-                      ignore_result=True)
+        app.send_task(REFRESH_BATCH, args=[json.loads(payload)], ignore_result=True)
 
 
 def _refresh_once(rt: Runtime, app: Celery, connection_ids: list[str],
@@ -223,25 +220,47 @@ def _settle(rt: Runtime, app: Celery, held: dict[str, str], settled: dict[str, O
                           producer=producer, ignore_result=True)
 
 
+def _by_host(rt: Runtime, connection_ids: list[str]) -> dict[str | None, list[str]]:
+    """The connections grouped by the provider host their refresh calls, in one SELECT
+    (None: the connection is gone)."""
+    with rt.db.session() as session:
+        rows = session.execute(select(Connection.id, Integration).join(Integration)
+                               .where(Connection.id.in_(connection_ids))).all()
+    hosts = {row.id: host_of(server_urls(rt.settings, row.Integration)[0]) for row in rows}
+    grouped: dict[str | None, list[str]] = {}
+    for connection_id in connection_ids:
+        grouped.setdefault(hosts.get(connection_id), []).append(connection_id)
+    return grouped
+
+
+def _cut(app: Celery, grouped: dict[str | None, list[str]]) -> int:
+    """Queue a page's chunks, each of one host and naming it; answers how many."""
+    chunks = 0
+    with app.producer_or_acquire() as producer:
+        for host, ids in grouped.items():
+            for start in range(0, len(ids), CHUNK):
+                app.send_task(REFRESH_BATCH, args=[ids[start:start + CHUNK]], kwargs={"host": host} if host else {},
+                              producer=producer, ignore_result=True)
+                chunks += 1
+    return chunks
+
+
 @celery.task(name=REFRESH_BATCH, bind=True)
-def refresh_batch(self: KeeperTask, connection_ids: list[str], deferrals: int = 0, host: str | None = None,
+def refresh_batch(self: KeeperTask, connection_ids: list[str], host: str | None = None,
                   turn: str | None = None) -> dict[str, int]:
-    """Refresh the connections of a sweep page (cut into chunks first). Running twice is
-    harmless: each connection is re-checked under its lock. A chunk deferred for its `host`
-    runs only if no finished call woke its `turn` first, and looks whether the host has
-    room (one round trip) before any lock or read."""
+    """Refresh the connections of a sweep page, cut first into chunks of one host each.
+    Running twice is harmless: each connection is re-checked under its lock. A chunk that
+    names its `host` looks whether the host has room (one round trip) before any lock or
+    read, and waits for its turn when it has none; a chunk deferred with a `turn` runs only
+    if no finished call woke that turn first."""
     rt = self.rt
+    if len(connection_ids) > CHUNK:
+        return {"chunks": _cut(self.app, _by_host(rt, connection_ids))}
     if host is not None:
         if turn is not None and not Turns(rt.redis).take(host, turn):
             return {"woken_earlier": len(connection_ids)}
         wait = gate(rt).wait_before(host)
         if wait:
-            defer(rt, self.app, connection_ids, host, wait, deferrals)
+            defer(rt, self.app, connection_ids, host, wait)
             return {"deferred": len(connection_ids)}
-    if len(connection_ids) > CHUNK:
-        with self.app.producer_or_acquire() as producer:
-            for start in range(0, len(connection_ids), CHUNK):
-                self.app.send_task(REFRESH_BATCH, args=[connection_ids[start:start + CHUNK]],
-                                   kwargs={"deferrals": deferrals}, producer=producer, ignore_result=True)
-        return {"chunks": -(-len(connection_ids) // CHUNK)}
-    return dict(refresh_chunk(rt, self.app, connection_ids, deferrals))
+    return dict(refresh_chunk(rt, self.app, connection_ids))
