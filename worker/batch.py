@@ -220,16 +220,16 @@ def _settle(rt: Runtime, app: Celery, held: dict[str, str], settled: dict[str, O
                           producer=producer, ignore_result=True)
 
 
-def _by_host(rt: Runtime, connection_ids: list[str]) -> dict[str | None, list[str]]:
-    """The connections grouped by the provider host their refresh calls, in one SELECT
-    (None: the connection is gone)."""
+def _by_host(rt: Runtime, connection_ids: list[str], integrations: list[str] | None) -> dict[str | None, list[str]]:
+    """The connections grouped by the provider host their refresh calls, from each one's
+    integration (one SELECT of the page's few integrations); None where it is not known."""
+    integration_of = dict(zip(connection_ids, integrations or [], strict=bool(integrations)))
     with rt.db.session() as session:
-        rows = session.execute(select(Connection.id, Integration).join(Integration)
-                               .where(Connection.id.in_(connection_ids))).all()
-    hosts = {row.id: host_of(server_urls(rt.settings, row.Integration)[0]) for row in rows}
+        hosts = {integration.id: host_of(server_urls(rt.settings, integration)[0]) for integration in
+                 session.scalars(select(Integration).where(Integration.id.in_(set(integration_of.values()))))}
     grouped: dict[str | None, list[str]] = {}
     for connection_id in connection_ids:
-        grouped.setdefault(hosts.get(connection_id), []).append(connection_id)
+        grouped.setdefault(hosts.get(integration_of.get(connection_id, "")), []).append(connection_id)
     return grouped
 
 
@@ -246,16 +246,17 @@ def _cut(app: Celery, grouped: dict[str | None, list[str]]) -> int:
 
 
 @celery.task(name=REFRESH_BATCH, bind=True)
-def refresh_batch(self: KeeperTask, connection_ids: list[str], host: str | None = None,
-                  turn: str | None = None) -> dict[str, int]:
-    """Refresh the connections of a sweep page, cut first into chunks of one host each.
+def refresh_batch(self: KeeperTask, connection_ids: list[str], host: str | None = None, turn: str | None = None,
+                  integrations: list[str] | None = None) -> dict[str, int]:
+    """Refresh the connections of a sweep page (with each one's integration), cut first into
+    chunks of one host each.
     Running twice is harmless: each connection is re-checked under its lock. A chunk that
     names its `host` looks whether the host has room (one round trip) before any lock or
     read, and waits for its turn when it has none; a chunk deferred with a `turn` runs only
     if no finished call woke that turn first."""
     rt = self.rt
     if len(connection_ids) > CHUNK:
-        return {"chunks": _cut(self.app, _by_host(rt, connection_ids))}
+        return {"chunks": _cut(self.app, _by_host(rt, connection_ids, integrations))}
     if host is not None:
         if turn is not None and not Turns(rt.redis).take(host, turn):
             return {"woken_earlier": len(connection_ids)}

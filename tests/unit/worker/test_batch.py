@@ -156,9 +156,12 @@ def test_a_page_is_cut_into_chunks_of_one_host_each_that_name_it(worker_runtime:
     try:
         first = connections_at(rt, endpoint.url, count=CHUNK + 1)
         second = connections_at(rt, other.url, count=3)
-        page = [cid for pair in zip(first, second) for cid in pair] + first[3:] + ["conn_gone"]
+        page = [cid for pair in zip(first, second) for cid in pair] + first[3:]
+        integrations = [stored(rt, cid).integration_id for cid in page]
+        page.append("conn_of_an_integration_gone")
+        integrations.append("int_gone")
         celery = RecordingCelery()
-        assert _cut(celery, _by_host(rt, page)) == 4  # type: ignore[arg-type]
+        assert _cut(celery, _by_host(rt, page, integrations)) == 4  # type: ignore[arg-type]
     finally:
         other.close()
     chunks = [(options.get("kwargs", {}).get("host"), ids) for name, (ids,), options in celery.sent
@@ -166,4 +169,5 @@ def test_a_page_is_cut_into_chunks_of_one_host_each_that_name_it(worker_runtime:
     assert [(host, len(ids)) for host, ids in chunks] == [
         (host_of(endpoint.url), CHUNK), (host_of(endpoint.url), 1), (host_of(other.url), 3), (None, 1)]
     assert sorted(cid for _, ids in chunks for cid in ids) == sorted(page)
-    assert chunks[2][1] == second and chunks[3][1] == ["conn_gone"]
+    assert chunks[2][1] == second and chunks[3][1] == ["conn_of_an_integration_gone"]
+    assert _by_host(rt, page, None) == {None: page}, "a page sent without its integrations is cut as it comes"
