@@ -91,7 +91,7 @@ STAGES = {
     "provider call (egress, HTTP, answer checks)": ("_post",),
     "locks (one pipeline per chunk)": ("take_refresh_locks",),
     "read (one SELECT per chunk)": ("_read",),
-    "per-host slots and breaker": ("admit", "done", "wake", "wait_before", "defer"),
+    "per-host slots and breaker": ("admit", "done", "wake", "defer", "take"),
     "write (one transaction per chunk)": ("_write",),
     "settle (locks released, markers, retries)": ("_settle",),
     "the rest of the task": ("refresh_batch",),

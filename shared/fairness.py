@@ -58,16 +58,6 @@ redis.call('PEXPIRE', KEYS[1], 10 * tonumber(ARGV[2]))
 return failures
 """
 
-_ROOM = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local open_until = tonumber(redis.call('HGET', KEYS[2], 'open_until') or '0')
-if open_until > now then return open_until - now end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then return 0 end
-return -1
-"""
-
 
 def host_of(url: str) -> str:
     """`host:port` of a URL, as the HTTP client will connect to it."""
@@ -162,15 +152,6 @@ class Gate:
     def __init__(self, client: redis.Redis, limit: int, breaker_seconds: float, lease_seconds: float) -> None:
         self.slots = HostSlots(client, limit, lease_seconds)
         self.breaker = Breaker(client, breaker_seconds, lease_seconds)
-        self._room = client.register_script(_ROOM)
-
-    def wait_before(self, host: str) -> float:
-        """0 when a call to `host` could go now; otherwise about how long to wait (one
-        round trip, nothing taken: a cheap look before any lock or read)."""
-        waited = int(self._room(keys=[HostSlots.key(host), Breaker.keys(host)[0]], args=[self.slots.limit]))
-        if waited < 0:
-            return SLOT_WAIT_SECONDS
-        return min(waited / 1000, LONGEST_DEFERRAL_SECONDS)
 
     def admit(self, host: str, wanted: int, breaker: bool = True) -> tuple[list[str], float]:
         """Leases for up to `wanted` calls now, and how long the others should wait.

@@ -65,11 +65,12 @@ def test_the_breaker_opens_after_failures_in_a_row_and_a_probe_closes_it() -> No
     assert breaker.admit("a:443").calls is None
 
 
-def test_a_look_before_any_work_says_how_long_a_host_wants_waiting() -> None:
+def test_admission_says_how_long_a_host_wants_waiting() -> None:
     client = fakeredis.FakeRedis()
     gate = Gate(client, limit=1, breaker_seconds=10, lease_seconds=30)
-    assert gate.wait_before("a:443") == 0
-    leases, _ = gate.admit("a:443", 1)
-    assert gate.wait_before("a:443") == SLOT_WAIT_SECONDS
+    leases, _ = gate.admit("a:443", 2)
+    assert len(leases) == 1
+    assert gate.admit("a:443", 1) == ([], SLOT_WAIT_SECONDS)
     gate.done("a:443", leases, alive=0, failed=5)
-    assert 9 < gate.wait_before("a:443") <= 10
+    refused, wait = gate.admit("a:443", 1)
+    assert refused == [] and 9 < wait <= 10
