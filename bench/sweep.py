@@ -1,9 +1,9 @@
 """Benchmark 3: the cost of one sweep, at two table sizes with 1 % of the connections due.
 
 Connections are loaded into PostgreSQL with COPY (dummy ciphertext: the sweep never decrypts),
-then analysed. The sweep function behind `tokens.sweep_due` (`worker.refresh.sweep`) runs in a
+then analysed. The sweep function behind `tokens.sweep_due` (`worker.sweep.sweep`) runs in a
 child process of its own (so that its peak memory is its own), against the bench's Redis
-database, with a Celery app whose `tokens.refresh_connection` messages are routed to a
+database, with a Celery app whose `tokens.refresh_batch` messages (one per page) are routed to a
 throwaway queue, deleted after each run with the sweep's queued-markers.
 """
 from __future__ import annotations
@@ -219,8 +219,8 @@ def run(section: Section, quick: bool = False, repeats: int = 3, database: str |
         "then `VACUUM ANALYZE`; " + "; ".join(load_notes) + f"; final table with indexes: {table_size}",
         "sweep: `worker.sweep.sweep(runtime, app)` (the function behind `tokens.sweep_due`) in a fresh "
         f"child process, REFRESH_MARGIN_SECONDS={MARGIN_SECONDS}; it claims each due connection's marker and "
-        "queues one `tokens.refresh_batch` message per page of ids (a worker fans each out into "
-        f"`tokens.refresh_connection` tasks); its Celery app routes them to the throwaway queue `{THROWAWAY_QUEUE}` "
+        "queues one `tokens.refresh_batch` message per page of ids, with each one's integration (a worker "
+        "cuts each into chunks of one provider host); its Celery app routes them to the throwaway queue `{THROWAWAY_QUEUE}` "
         "(deleted after each run, with the sweep's `refresh-queued:*` markers, so every run queues every due "
         "connection)",
         f"each size: {repeats} timed runs (median reported, all in the notes), then one run with the "

@@ -163,7 +163,8 @@ def post(url: str, rules: Rules, body: dict[str, str] | bytes, headers: dict[str
         raise ProviderError(f"timeout after {timeout:g}s", error="timeout") from error
     except egress.Unreachable as error:
         outcome = "connection_error"
-        raise ProviderError(f"connection error: {type(error.__cause__).__name__}", error="connection_error") from error
+        raise ProviderError(f"connection error: {type(error.__cause__).__name__}",
+                            error="connection_error") from error
     finally:
         PROVIDER_CALLS.labels(host, outcome).inc()
 

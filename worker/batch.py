@@ -1,9 +1,12 @@
 """`refresh_batch`: a sweep page refreshed together.
 
-A page is cut into chunks of `CHUNK` connections, one message each, so that every
-worker process takes a share. A chunk then costs one lock pipeline, one `SELECT`, a
-burst of concurrent provider calls (each host's share bounded by its free slots and
-its breaker), and one transaction that writes every answer fenced, with the events.
+The sweep sends a page with each connection's integration; the page is cut into chunks
+of at most `CHUNK` connections of one provider host (a route), one message each, so that
+every worker process takes a share. A chunk first takes its host's free slots (one round
+trip; with none, it waits for its turn having locked and read nothing), then costs one
+script call for its locks, one `SELECT`, a burst of concurrent provider calls, one
+transaction that writes every answer fenced (one statement on PostgreSQL), with the
+events, and one script call that releases the locks and settles the markers.
 
 Single flight and fencing stay per connection: the locks are the same `refresh:{id}`
 locks `refresh_connection` takes, re-read under the lock, and each write is fenced by
@@ -105,7 +108,8 @@ def _post(rt: Runtime, call: Call) -> Call:
     return call
 
 
-def refresh_chunk(rt: Runtime, app: Celery, connection_ids: list[str], admitted: Admitted | None = None) -> Counter[str]:
+def refresh_chunk(rt: Runtime, app: Celery, connection_ids: list[str],
+                  admitted: Admitted | None = None) -> Counter[str]:
     """Refresh a chunk of connections that the sweep claimed, and settle each one's marker;
     answers how many ended each way. `admitted`: slots taken already for the chunk's route.
     Connections whose host had no free slot go again at once while others of the chunk
