@@ -292,8 +292,13 @@ def refresh_batch(self: KeeperTask, connection_ids: list[str], host: str | None 
     route = Route(host, breaker)
     if turn is not None and not Turns(rt.redis).take(host, turn):
         return {"woken_earlier": len(connection_ids)}
-    leases, wait = gate(rt).admit(host, len(connection_ids), breaker)
+    hosts = gate(rt)
+    leases, wait = hosts.admit(host, len(connection_ids), breaker)
     if not leases:
         defer(rt, self.app, connection_ids, route, wait)
         return {"deferred": len(connection_ids)}
-    return dict(refresh_chunk(rt, self.app, connection_ids, Admitted(route, leases)))
+    try:
+        return dict(refresh_chunk(rt, self.app, connection_ids, Admitted(route, leases)))
+    except BaseException:
+        hosts.slots.release(host, leases)  # whichever the chunk had not given back yet
+        raise
