@@ -167,10 +167,13 @@ def _refresh_once(rt: Runtime, app: Celery, connection_ids: list[str], outcomes:
     due = [row for row in rows if needs_refresh(row.Connection, None, rt.settings.refresh_margin_seconds)]
     without_token = [row.Connection for row in due if not row.Connection.refresh_token_enc]
     by_route: dict[Route, list[Call]] = {}
+    clients: dict[str, tuple[OAuthClient, Route]] = {}  # integration id → its client and route
     for row in due:
         if row.Connection.refresh_token_enc:
-            client = oauth_client(rt, row.Integration)
-            call = Call(row.Connection, client, Route(host_of(client.token_url), uses_breaker(row.Integration)))
+            if row.Integration.id not in clients:
+                client = oauth_client(rt, row.Integration)
+                clients[row.Integration.id] = (client, Route(host_of(client.token_url), uses_breaker(row.Integration)))
+            call = Call(row.Connection, *clients[row.Integration.id])
             by_route.setdefault(call.route, []).append(call)
     going_by_route: dict[Route, tuple[list[Call], list[str]]] = {}  # its calls that go now, their leases
     deferred: dict[Route, list[str]] = {}  # connections left for later
