@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: dev test bench screenshots compose-check clean
+.PHONY: dev test lint bench screenshots compose-check clean
 
 # (Re)install whenever pyproject.toml changes; the client package (client/) goes in too.
 $(STAMP): pyproject.toml client/pyproject.toml
@@ -15,11 +15,18 @@ $(STAMP): pyproject.toml client/pyproject.toml
 
 ## The whole system in the foreground: web, worker, beat, Redis if needed. Ctrl-C stops it.
 dev: $(STAMP)
-	$(VENV)/bin/python scripts/dev.py
+	$(VENV)/bin/python -m devstack.dev
 
 ## The whole test suite.
 test: $(STAMP)
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+## ruff's checks and mypy's, both configured in pyproject.toml; runs both, fails if either finds anything.
+lint: $(STAMP)
+	@status=0; \
+	echo "ruff check ."; $(VENV)/bin/ruff check . || status=1; \
+	echo "mypy"; $(VENV)/bin/mypy || status=1; \
+	exit $$status
 
 ## The benchmarks, with a report of figures in bench/report.md (BENCH_ARGS="connect --quick" picks and shortens).
 bench: $(STAMP)

@@ -48,12 +48,12 @@ def _summary(sections: list[Section], databases: list[str]) -> list[str]:
     for headline, by_database in rows.items():
         cells = []
         for database in databases:
-            figure = by_database.get(database)
-            if figure is None:
+            found = by_database.get(database)
+            if found is None:
                 cells.append("—")
             else:
-                verdict = "" if figure.met is None else (" ✓" if figure.met else " **✗**")
-                cells.append(_cell(figure.value) + verdict)
+                verdict = "" if found.met is None else (" ✓" if found.met else " **✗**")
+                cells.append(_cell(found.value) + verdict)
         goal = next((f.goal for f in by_database.values() if f.goal), "")
         lines.append(f"| {_cell(headline)} | " + " | ".join(cells) + f" | {_cell(goal)} |")
     return lines + [""]
@@ -70,7 +70,7 @@ def render(sections: list[Section], facts: list[tuple[str, str]], argv: list[str
     lines += [f"| {name} | {_cell(value)} |" for name, value in facts]
     met = [f for s in sections for f in s.figures if f.met is not None]
     if met:
-        lines += ["", f"**Goals met: {sum(f.met for f in met)} of {len(met)}.**"]
+        lines += ["", f"**Goals met: {sum(1 for f in met if f.met)} of {len(met)}.**"]
     for section in sections:
         lines += ["", f"## {section.title} ({DATABASE_LABELS.get(section.database, 'any database')})", ""]
         if section.error:
@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated, in order: postgresql, sqlite (default: both)")
     parser.add_argument("--patience", type=float, default=60.0,
                         help="the longest wait for other programs to quiet down before a measurement (60 s)")
-    parser.add_argument("--report", type=Path, default=DEFAULT_REPORT, help=f"where to write the report ({DEFAULT_REPORT})")
+    parser.add_argument("--report", type=Path, default=DEFAULT_REPORT,
+                        help=f"where to write the report ({DEFAULT_REPORT})")
     args = parser.parse_args(argv)
     raw_argv = sys.argv[1:] if argv is None else argv
     unknown = [name for name in args.names if name not in BENCHMARKS]

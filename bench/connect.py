@@ -14,7 +14,7 @@ import itertools
 import runpy
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from urllib.parse import parse_qs, quote, urlsplit
@@ -272,6 +272,8 @@ def _diagnose(env: Environment, tenant_id: str, integration_id: str, issuer: str
         callback(connect(token))
     timed, profiled = tokens[20:20 + count], tokens[20 + count:]
     results: dict[str, dict] = {}
+    inputs: Sequence[str | None]
+    more: Sequence[str | None]
     for name, steps in (("connect", connect), ("callback", callback), ("healthz", hello)):
         if name == "connect":
             inputs, more = timed, profiled

@@ -92,6 +92,7 @@ def insert_connections(rt: Runtime, tenant_id: str, integration_id: str, grants:
                        expires_at: datetime, lifetime_seconds: int = 3600) -> list[str]:
     """One active connection per grant, tokens encrypted, expiring at `expires_at`; answers the ids."""
     now = utcnow()
+    rows: list[dict[str, Any]]
     rows = [{"id": new_id("conn"), "tenant_id": tenant_id, "integration_id": integration_id,
              "end_user_id": f"bench-user-{i}", "status": "active", "scopes": SCOPES,
              "access_token_enc": rt.cipher.encrypt(grant.access_token),

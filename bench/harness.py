@@ -26,10 +26,11 @@ import requests
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from devstack.local_redis import LocalRedis, ensure_redis
+from devstack.ports import free_port
 from shared import migrate
 from shared.config import Settings, load_settings
 from shared.crypto import new_fernet_key, new_secret
-from shared.local_redis import LocalRedis, ensure_redis, free_port
 from shared.runtime import Runtime, build_runtime
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -187,7 +188,7 @@ class CPUMeter:
 
     def _sample(self) -> dict[str, float]:
         pgids = {p.pgid: name for name, p in self.groups.items()}
-        sample = {name: 0.0 for name in self.groups}
+        sample = dict.fromkeys(self.groups, 0.0)
         sample["postgres"] = sample["redis"] = 0.0
 
         def match(pgrp: int, comm: bytes) -> bool:
@@ -331,7 +332,7 @@ def machine_facts(database_url: str | None = None) -> list[tuple[str, str]]:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     facts = [
-        ("date (UTC)", dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")),
+        ("date (UTC)", dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M")),
         ("cores", f"{os.cpu_count()} ({model})" if model else str(os.cpu_count())),
         ("memory", memory),
         ("Python", f"{platform.python_implementation()} {platform.python_version()}"),
@@ -505,14 +506,15 @@ class Environment:
 
     def wait_workers_ready(self, processes: list[Process], timeout: float = 60) -> None:
         """Until every worker answers a ping."""
-        assert self.runtime is not None
+        runtime = self.runtime
+        assert runtime is not None
         names = {f"{p.name}@{socket.gethostname()}" for p in processes}
 
         def ready() -> bool:
             for process in processes:
                 if not process.alive():
                     raise SystemExit(f"{process.name} exited:\n{process.output()[-3000:]}")
-            replies = self.runtime.celery.control.ping(timeout=0.5) or []
+            replies = runtime.celery.control.ping(timeout=0.5) or []
             seen = {name for reply in replies for name in reply}
             return names <= seen
 

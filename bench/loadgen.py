@@ -114,7 +114,8 @@ class _Client(asyncio.Protocol):
             lines = bytes(self.buffer[:end]).split(b"\r\n")
             del self.buffer[:end + 4]
             status = int(lines[0].split(b" ", 2)[1])
-            length, chunked, close, kept = 0, False, False, {}
+            length, chunked, close = 0, False, False
+            kept: dict[str, str] = {}
             for line in lines[1:]:
                 name, _, value = line.partition(b":")
                 lname = name.strip().lower()

@@ -3,9 +3,10 @@
 N active connections hold 40 s access tokens (the sandbox issues 40 s tokens and answers its
 token endpoint after 200 ms). A token is due at half its lifetime, so each connection needs a
 refresh every 20 s: N ÷ 20 refreshes a second. Their first expiries are spread evenly over the
-next 20–40 s, so they fall due evenly over the first 20 s and the demand is steady from the start. Beat (`celery -A worker beat`, REFRESH_SWEEP_SECONDS=1) sweeps, workers
-refresh; nothing calls the API. Sampled every second: refreshes done, and connections whose
-token expired while they were still active (lapsed).
+next 20–40 s, so they fall due evenly over the first 20 s and the demand is steady from the
+start. Beat (`celery -A worker beat`, REFRESH_SWEEP_SECONDS=1) sweeps, workers refresh;
+nothing calls the API. Sampled every second: refreshes done, and connections whose token
+expired while they were still active (lapsed).
 """
 from __future__ import annotations
 
@@ -96,7 +97,8 @@ def run(section: Section, quick: bool = False, count: int = 5000, seconds: float
         f"{count:,} active connections, {LIFETIME_SECONDS} s tokens (due at half-life, so every connection needs a "
         f"refresh every {LIFETIME_SECONDS // 2} s: {needed:.0f}/s), first expiries spread evenly over 20–40 s from the "
         "start, so the demand is steady from the first second",
-        f"sandbox: its own gunicorn (`-w 2 --threads 64`), latency_ms={LATENCY_MS}, access_token_ttl={LIFETIME_SECONDS}",
+        f"sandbox: its own gunicorn (`-w 2 --threads 64`), latency_ms={LATENCY_MS}, "
+        f"access_token_ttl={LIFETIME_SECONDS}",
         f"beat: `celery -A worker beat` (RedBeat), REFRESH_SWEEP_SECONDS=1, whose sweep queues one "
         f"`tokens.refresh_batch` per page of due connections (the production path); workers: {processes} × "
         f"`celery -A worker worker -P threads -c {threads}`, PROVIDER_CONCURRENCY={processes * threads} (as many "

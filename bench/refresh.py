@@ -178,7 +178,7 @@ def run(section: Section, quick: bool = False, count: int = 10_000, processes: i
         # workers' alone (the sweep's own cost is measured by the `sweep` benchmark).
         names = [f"{w.name}@{socket.gethostname()}" for w in workers]
         replies = rt.celery.control.cancel_consumer("celery", destination=names, reply=True, timeout=5)
-        if len(replies) != len(names):
+        if replies is None or len(replies) != len(names):
             raise RuntimeError(f"not every worker stopped consuming: {replies}")
         say(f"  sweeping {count:,} due connections into the queue…")
         started = time.perf_counter()

@@ -23,19 +23,20 @@ from bench.loadgen import LoadGenerator, Request, Result, build_request
 from shared.models import Connection, utcnow
 
 TITLE = "Stampede on one due connection"
-SLACK_SECONDS = 0.25
 
 
 def _describe(result: Result) -> str:
     text = (f"{result.completed:,} answers, statuses {dict(sorted(result.statuses.items()))}, "
             f"p50 {ms(result.percentile(50))}, p99 {ms(result.percentile(99))}, "
-            f"max {ms(max(result.latencies) if result.latencies else float('nan'))}, all done in {result.elapsed:.2f} s")
+            f"max {ms(max(result.latencies) if result.latencies else float('nan'))}, "
+            f"all done in {result.elapsed:.2f} s")
     if result.errors:
         text += f", errors {result.errors}"
     return text
 
 
-def run(section: Section, quick: bool = False, concurrency: int = 1000, latency_ms: int = 100, database: str | None = None) -> None:
+def run(section: Section, quick: bool = False, concurrency: int = 1000, latency_ms: int = 100,
+        database: str | None = None) -> None:
     if quick:
         concurrency = 200
     conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
@@ -50,7 +51,8 @@ def run(section: Section, quick: bool = False, concurrency: int = 1000, latency_
         grants = mint_grants(rt, client, 3)
         expired = utcnow() - timedelta(minutes=1)
         due_id, warm_id = insert_connections(rt, tenant_id, integration_id, grants[:2], expires_at=expired)
-        (fresh_id,) = insert_connections(rt, tenant_id, integration_id, grants[2:], expires_at=utcnow() + timedelta(hours=1))
+        (fresh_id,) = insert_connections(rt, tenant_id, integration_id, grants[2:],
+                                         expires_at=utcnow() + timedelta(hours=1))
 
         web, base = env.start_web()
         worker = env.start_worker("bench1", 32)
@@ -87,7 +89,9 @@ def run(section: Section, quick: bool = False, concurrency: int = 1000, latency_
 
     calls = after["token_requests"]["refresh_token"] - before["token_requests"]["refresh_token"]
     successes = after["refresh_success"] - before["refresh_success"]
-    goal_p99 = latency_ms / 1000 + SLACK_SECONDS
+    # Issue 8's goal: no worse than the same burst on a connection that is not due, plus the
+    # provider's latency.
+    goal_p99 = control.percentile(99) + latency_ms / 1000
     p99 = stampede.percentile(99)
     section.setup += [
         f"web: `gunicorn -c gunicorn.conf.py \"web:create_app()\"` ({conf['workers']} processes × "
@@ -102,7 +106,7 @@ def run(section: Section, quick: bool = False, concurrency: int = 1000, latency_
     section.add("provider calls for the stampede (sandbox refresh-token requests)", f"{calls}", "1", calls == 1,
                 headline=f"stampede, {concurrency:,} requests on one due connection: provider calls")
     section.add("p50 / p99 wait", f"{ms(stampede.percentile(50))} / {ms(p99)}",
-                f"p99 ≤ {ms(goal_p99)} (provider latency + {SLACK_SECONDS * 1000:.0f} ms)", p99 <= goal_p99,
+                f"p99 ≤ {ms(goal_p99)} (the control's p99 + the provider's {latency_ms} ms)", p99 <= goal_p99,
                 headline="stampede: p50 / p99 wait")
     ok = stampede.ok(200)
     section.add("answers 200 with a token", f"{ok:,} of {concurrency:,}", f"{concurrency:,}", ok == concurrency)

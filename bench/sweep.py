@@ -15,7 +15,8 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg
 import sqlalchemy as sa
@@ -44,7 +45,7 @@ def _conninfo(database_url: str) -> str:
 
 def _load(database_url: str, tenant_id: str, integration_id: str, count: int, start: int) -> tuple[float, int]:
     """COPY `count` active connections, every 100th one due; answers (seconds, due)."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     rnd = random.Random(start)
     dummy_access = "gAAAAA" + "x" * 134  # the width of a Fernet token of a 43-character secret
     dummy_refresh = "gAAAAA" + "y" * 134
@@ -127,14 +128,14 @@ def _child_run(repeats: int) -> dict:
     spent = {"claim": 0.0, "send_task": 0.0}
     original_claim, original_send = refreshes.claim, app.send_task
 
-    def timed_claim(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def timed_claim(*args: Any, **kwargs: Any) -> Any:
         t = time.perf_counter()
         try:
             return original_claim(*args, **kwargs)
         finally:
             spent["claim"] += time.perf_counter() - t
 
-    def timed_send(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def timed_send(*args: Any, **kwargs: Any) -> Any:
         t = time.perf_counter()
         try:
             return original_send(*args, **kwargs)

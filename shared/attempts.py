@@ -6,6 +6,7 @@ from datetime import timedelta
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from shared.db import rowcount
 from shared.models import ConnectAttempt, ConnectSession, utcnow
 from shared.nonces import STATE_TTL_SECONDS
 
@@ -22,7 +23,7 @@ def finish_attempt(session: Session, attempt_id: str, status: str, *, error: str
         .values(status=status, error=error, connection_id=connection_id, finished_at=utcnow())
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1
+    return rowcount(result) == 1
 
 
 def claim_link(session: Session, session_id: str) -> bool:
@@ -36,7 +37,7 @@ def claim_link(session: Session, session_id: str) -> bool:
         .values(used_at=utcnow())
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1
+    return rowcount(result) == 1
 
 
 def expire_if_stale(session: Session, attempt: ConnectAttempt) -> None:

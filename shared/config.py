@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     token_wait_seconds: float = Field(default=10, gt=0)
     # How long a web process may serve an API key's tenant or a connection row from
     # its memory; announcements drop entries at once, this bounds a missed one. 0: off.
-    token_cache_seconds: float = Field(default=5, ge=0, le=60)
+    token_cache_seconds: float = Field(default=30, ge=0, le=60)
     sandbox_provider: bool = False
     # Let integrations name token and revocation URLs on loopback or private
     # networks (an on-premises OAuth server, development). Off for a hosted service.
@@ -115,14 +115,14 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _sandbox_only_in_development(self) -> "Settings":
+    def _sandbox_only_in_development(self) -> Settings:
         # The sandbox hands out tokens to anyone; a public https deployment must not mount it.
         if self.sandbox_provider and self.secure_cookies and not _is_loopback(self.public_base_url):
             raise ValueError("SANDBOX_PROVIDER must be off when PUBLIC_BASE_URL is https on a non-loopback host")
         return self
 
     @model_validator(mode="after")
-    def _visibility_above_time_limit(self) -> "Settings":
+    def _visibility_above_time_limit(self) -> Settings:
         if self.broker_visibility_timeout_seconds <= self.task_time_limit_seconds:
             raise ValueError("BROKER_VISIBILITY_TIMEOUT_SECONDS must be above TASK_TIME_LIMIT_SECONDS")
         return self

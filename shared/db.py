@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import CursorResult, Engine, Result, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
@@ -95,3 +95,10 @@ class Database:
     def dispose(self) -> None:
         """Drop pooled connections (after a fork)."""
         self.engine.dispose()
+
+
+def rowcount(result: Result[Any]) -> int:
+    """The rows an UPDATE or DELETE matched. Session.execute() answers DML with a
+    CursorResult, which SQLAlchemy's annotations widen to a plain Result."""
+    assert isinstance(result, CursorResult), type(result)
+    return result.rowcount

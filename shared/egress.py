@@ -68,7 +68,7 @@ class Rules:
     require_https: bool = True
 
     @classmethod
-    def for_tenant_urls(cls, allow_private_provider_urls: bool) -> "Rules":
+    def for_tenant_urls(cls, allow_private_provider_urls: bool) -> Rules:
         """The rules of URLs a tenant names (token, revocation, webhook): https and public
         addresses, or anything when ALLOW_PRIVATE_PROVIDER_URLS is on."""
         return cls(allow_private=allow_private_provider_urls, require_https=not allow_private_provider_urls)

@@ -54,6 +54,8 @@ class TokenAuthMethod(StrEnum):
 def column_type(enum: type[StrEnum], length: int) -> Enum:
     """A VARCHAR column holding the enum's values (no database enum type, no CHECK
     constraint, so adding a value needs no migration); writing any other value fails."""
-    values: Any = lambda members: [member.value for member in members]
+    def values(members: Any) -> list[str]:
+        return [member.value for member in members]
+
     return Enum(enum, native_enum=False, create_constraint=False, length=length, validate_strings=True,
                 values_callable=values)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import redis
 from urllib3.util import parse_url
@@ -192,8 +193,11 @@ class Turns:
         """Queue a turn for `host` carrying `payload` (connection ids only); answer its id."""
         turn = secrets.token_hex(8)
         waiting, key = self._keys(host, turn)
-        self.client.pipeline(transaction=False).set(key, payload, ex=int(TURN_SECONDS * 10)).rpush(
-            waiting, turn).expire(waiting, int(TURN_SECONDS * 10)).execute()
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(key, payload, ex=int(TURN_SECONDS * 10))
+        pipe.rpush(waiting, turn)
+        pipe.expire(waiting, int(TURN_SECONDS * 10))
+        pipe.execute()
         return turn
 
     def wake(self, host: str, count: int) -> list[str]:
@@ -201,10 +205,10 @@ class Turns:
         waiting = self._keys(host, "")[0]
         payloads: list[str] = []
         for _ in range(count):
-            turn = self.client.lpop(waiting)
+            turn = cast(bytes | None, self.client.lpop(waiting))
             if turn is None:
                 break
-            payload = self.client.getdel(self._keys(host, turn.decode())[1])
+            payload = cast(bytes | None, self.client.getdel(self._keys(host, turn.decode())[1]))
             if payload is not None:
                 payloads.append(payload.decode())
         return payloads
@@ -212,5 +216,8 @@ class Turns:
     def take(self, host: str, turn: str) -> bool:
         """For a turn going by itself: True if nothing woke it first (it is taken now)."""
         waiting, key = self._keys(host, turn)
-        taken, _ = self.client.pipeline(transaction=False).delete(key).lrem(waiting, 1, turn).execute()
+        pipe = self.client.pipeline(transaction=False)
+        pipe.delete(key)
+        pipe.lrem(waiting, 1, turn)
+        taken, _ = pipe.execute()
         return bool(taken)

@@ -12,7 +12,8 @@ import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 # The ids of what a line is about, by the prefix of the id (see shared.models.new_id).
@@ -20,7 +21,7 @@ ID_FIELDS = {"ten": "tenant_id", "conn": "connection_id", "att": "attempt_id", "
              "int": "integration_id", "whd": "delivery_id", "evt": "event_id"}
 CONTEXT_FIELDS = (*ID_FIELDS.values(), "task_id", "task")
 
-_context: ContextVar[Mapping[str, str]] = ContextVar("log_context", default={})
+_context: ContextVar[Mapping[str, str]] = ContextVar("log_context", default=MappingProxyType({}))
 _ID = re.compile(r"^([a-z]+)_[0-9a-f]{24}$")
 
 REDACTED = "[redacted]"
@@ -53,7 +54,9 @@ def ids_of(*values: object) -> dict[str, str]:
     """Context fields for the ids among `values` (`conn_…` → connection_id, …)."""
     found: dict[str, str] = {}
     for value in values:
-        match = _ID.match(value) if isinstance(value, str) else None
+        if not isinstance(value, str):
+            continue
+        match = _ID.match(value)
         if match and match.group(1) in ID_FIELDS:
             found[ID_FIELDS[match.group(1)]] = value
     return found
@@ -88,7 +91,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "component": self.component,
             "logger": record.name,

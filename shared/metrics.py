@@ -34,7 +34,7 @@ def registry() -> CollectorRegistry:
     """This process's metrics, or every web process's when counting in multiprocess mode."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         collected = CollectorRegistry(auto_describe=False)
-        multiprocess.MultiProcessCollector(collected)  # type: ignore[no-untyped-call]
+        multiprocess.MultiProcessCollector(collected)
         return collected
     from prometheus_client import REGISTRY
 

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import secrets
-from datetime import datetime, timezone
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Table, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -14,7 +14,7 @@ from shared.enums import AttemptStatus, ConnectionStatus, EventType, ProviderKin
 
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def new_id(prefix: str) -> str:
@@ -33,18 +33,23 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime")
-        return value.astimezone(timezone.utc)
+        return value.astimezone(UTC)
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc)  # whatever the session's time zone
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)  # whatever the session's time zone
 
 
 class Base(DeclarativeBase):
     """Declarative base of every table."""
+
+    if TYPE_CHECKING:
+        # Every model maps a plain Table (SQLAlchemy types __table__ as any FromClause),
+        # so the Core statements of the hot paths can take Model.__table__.
+        __table__: ClassVar[Table]
 
 
 class Tenant(Base):

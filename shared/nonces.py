@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import redis
 from cryptography.fernet import InvalidToken
@@ -41,7 +41,7 @@ class SealedStore:
 
     def take(self, key: str) -> dict[str, Any] | None:
         """Read and delete in one step: a second taker, or a late one, finds nothing."""
-        sealed = self._redis.getdel(f"{self._prefix}{key}")
+        sealed = cast(bytes | str | None, self._redis.getdel(f"{self._prefix}{key}"))
         if sealed is None:
             return None
         raw = sealed.decode() if isinstance(sealed, bytes) else sealed
@@ -98,7 +98,7 @@ def reseal_pending(client: redis.Redis, cipher: Cipher) -> int:
     count = 0
     for prefix in (STATE_PREFIX, CODE_PREFIX):
         for key in client.scan_iter(match=f"{prefix}*", count=1000):
-            sealed = client.get(key)
+            sealed = cast(bytes | str | None, client.get(key))
             if sealed is None:
                 continue
             old = sealed.decode() if isinstance(sealed, bytes) else sealed

@@ -14,8 +14,8 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 from urllib3.util import parse_url
 
 from shared import egress
-from shared.metrics import PROVIDER_CALLS
 from shared.egress import AnswerTooLarge, ForbiddenAddress, Rules
+from shared.metrics import PROVIDER_CALLS
 
 RESPONDIO_AUTHORIZE_URL = "https://app.respond.io/oauth/authorize"
 RESPONDIO_TOKEN_URL = "https://app.respond.io/oauth/token"

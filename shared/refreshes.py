@@ -44,16 +44,13 @@ def request_refresh(client: redis.Redis, celery: Celery, connection_id: str, see
     return True
 
 
-def announce(client: redis.Redis, connection_id: str) -> None:
-    """Tell every web process that the connection changed (only its id travels)."""
-    client.publish(UPDATES_CHANNEL, connection_id)
-
-
 def keep_queued(client: redis.Redis, connection_id: str, seconds: float = QUEUED_TTL_SECONDS) -> None:
     """Keep the marker (a retry is pending, or a long Retry-After holds everyone off)
     and wake whoever waits on the connection; only its id travels."""
-    client.pipeline(transaction=False).set(queued_key(connection_id), 1, ex=max(1, round(seconds))).publish(
-        UPDATES_CHANNEL, connection_id).execute()
+    pipe = client.pipeline(transaction=False)
+    pipe.set(queued_key(connection_id), 1, ex=max(1, round(seconds)))
+    pipe.publish(UPDATES_CHANNEL, connection_id)
+    pipe.execute()
 
 
 def announce(client: redis.Redis, connection_id: str) -> None:
@@ -64,8 +61,10 @@ def announce(client: redis.Redis, connection_id: str) -> None:
 
 def finish(client: redis.Redis, connection_id: str) -> None:
     """Clear the marker and wake whoever waits on the connection."""
-    client.pipeline(transaction=False).delete(queued_key(connection_id)).publish(
-        UPDATES_CHANNEL, connection_id).execute()
+    pipe = client.pipeline(transaction=False)
+    pipe.delete(queued_key(connection_id))
+    pipe.publish(UPDATES_CHANNEL, connection_id)
+    pipe.execute()
 
 
 # KEYS: the markers of the connections finished, then of those kept; ARGV: the channel,

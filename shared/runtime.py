@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 from celery import Celery
@@ -22,7 +23,7 @@ class Runtime:
     db: Database
     redis: redis.Redis
     cipher: Cipher
-    celery: Celery = None  # type: ignore[assignment]  # built from the settings when not given
+    celery: Celery[Any] = None  # type: ignore[assignment]  # built from the settings when not given
     states: StateStore = field(init=False)
     codes: CodeStore = field(init=False)
 
@@ -34,7 +35,7 @@ class Runtime:
         send_after_commit(self.db.sessions, self.redis, self.celery)
 
 
-def build_runtime(settings: Settings, celery: Celery | None = None) -> Runtime:
+def build_runtime(settings: Settings, celery: Celery[Any] | None = None) -> Runtime:
     """Connect to the database and Redis named by the settings; a process that has its
     Celery app already (the worker) passes it in."""
     return Runtime(

@@ -6,7 +6,7 @@ from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.crypto import Cipher, digest, new_secret
-from shared.db import Database
+from shared.db import Database, rowcount
 from shared.models import Connection, Integration, Tenant
 
 API_KEY_PREFIX = "ok_live_"
@@ -97,7 +97,7 @@ def rotate_keys(db: Database, cipher: Cipher, batch: int = ROTATE_BATCH) -> int:
                            for row_id, old in rows if not cipher.is_newest(old)]
                 if changes:
                     with db.session() as session:
-                        count += session.execute(write, changes).rowcount
+                        count += rowcount(session.execute(write, changes))
                 if len(rows) < batch:
                     break
                 after = rows[-1][0]

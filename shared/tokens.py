@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from enum import Enum
+from enum import StrEnum
 from functools import lru_cache
 from typing import Any
 
@@ -16,6 +16,7 @@ from sqlalchemy.sql.dml import Update
 from sqlalchemy.types import TypeEngine
 
 from shared.crypto import Cipher
+from shared.db import rowcount
 from shared.models import Connection, Event, new_id, utcnow
 from shared.providers import ProviderError, TokenSet
 from shared.webhooks import add_delivery
@@ -127,7 +128,7 @@ def fenced_update(session: Session, connection_id: str, version: int, values: di
     result = session.execute(_fenced_one(tuple(sorted(values))),
                              {"fence_id": connection_id, "fence_version": version,
                               **{f"new_{name}": value for name, value in values.items()}})
-    return result.rowcount == 1  # type: ignore[attr-defined]
+    return rowcount(result) == 1
 
 
 def fenced_update_many(session: Session, writes: list[tuple[str, int, dict[str, Any]]]) -> set[str]:
@@ -176,7 +177,7 @@ def record_event(session: Session, connection: Connection, type_: str, error: st
     record_events(session, [(connection, type_, error)])
 
 
-class Failure(str, Enum):
+class Failure(StrEnum):
     """What follows a failed token request."""
 
     REAUTH = "reauth"  # the grant is gone: needs_reauth, no retry

@@ -28,7 +28,7 @@ from web.openapi import document, ok, operation
 from web.openapi import error as error_answer
 from web.schemas import ConnectionsQuery, ConnectSessionIn, EventsQuery, IntegrationIn, PageQuery
 from web.serializers import answer, connection_out, event_out, integration_out
-from web.tokens import fresh_token, stored_connection
+from web.tokens import fresh_token, listener, stored_connection
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -284,9 +284,12 @@ def delete_connection(connection_id: str) -> Response:
         _owned(session, Connection, connection_id, "connection")
         changed = mark_revoked(session, connection_id)
         connection = session.get(Connection, connection_id, populate_existing=True)
+    assert connection is not None, "owned above and never deleted"
     if changed:
         # Announced after the commit, before the 202: every web process drops what it
-        # knew of the connection, and waiters on a refresh wake to find it revoked.
+        # knew of the connection, and waiters on a refresh wake to find it revoked. This
+        # process drops it first, so its next request never sees the row of before.
+        listener().connections.drop(connection_id)
         refreshes.announce(rt.redis, connection_id)
         rt.celery.send_task(REVOKE_CONNECTION, args=[connection_id], ignore_result=True)
     return answer(connection_out(connection), 202)
@@ -302,7 +305,8 @@ def _token_response(connection_id: str, force: bool) -> Response:
     return response
 
 
-TOKEN_ANSWERS = {200: ok(schemas.Token, "The access token", **{"Cache-Control": "no-store: the answer carries a secret"}),
+TOKEN_ANSWERS = {200: ok(schemas.Token, "The access token",
+                         **{"Cache-Control": "no-store: the answer carries a secret"}),
                  404: NOT_FOUND, 409: NOT_USABLE, 503: REFRESH_PENDING}
 
 

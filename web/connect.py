@@ -35,7 +35,8 @@ _ERROR_CODE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # is loaded from anywhere but inline styles.
 PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'none'; frame-ancestors 'none'",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'none'; "
+                               "frame-ancestors 'none'",
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
 }

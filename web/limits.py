@@ -1,6 +1,8 @@
 """Rate limits (flask-limiter on the service's Redis): per client address on the browser
-flow, per tenant on the API. They fail open: with Redis down, nothing is limited and
-every request is still served."""
+flow, per tenant on the API. The counters are shared by every process, which leases
+them in blocks so that a busy tenant's request seldom waits on Redis
+(`web.limit_leases`). They fail open: with Redis down, nothing is limited and every
+request is still served."""
 from __future__ import annotations
 
 import math
@@ -15,6 +17,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from shared.runtime import Runtime
 from web.auth import authenticate
 from web.errors import ApiError
+from web.limit_leases import LeasedRedisStorage
 
 # Above any real wait, so a client always gets a usable Retry-After.
 MAX_RETRY_AFTER_SECONDS = 3600
@@ -38,8 +41,9 @@ def init_limits(app: Flask, rt: Runtime, browser: list[Blueprint], api: list[Blu
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxy_count)  # type: ignore[method-assign]
     limiter = Limiter(
         get_remote_address,
-        storage_uri="redis://",  # the runtime's own Redis client pool, below
-        storage_options={"connection_pool": rt.redis.connection_pool},  # type: ignore[dict-item]
+        # Counters in the runtime's Redis, leased to this process in blocks (web/limit_leases.py).
+        storage_uri=f"{LeasedRedisStorage.STORAGE_SCHEME[0]}://",
+        storage_options={"client": rt.redis},  # type: ignore[dict-item]
         strategy="fixed-window",
         key_prefix="ratelimit",
         swallow_errors=True,  # Redis down: fail open, keep serving

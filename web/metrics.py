@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import redis
 from flask import Flask, Response, g, request
@@ -24,7 +24,6 @@ from shared.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-STATUSES = tuple(status.value for status in ConnectionStatus)
 STATE_KEY = "metrics:state"
 STATE_SECONDS = 15
 
@@ -42,8 +41,9 @@ def count_state(rt: Runtime) -> dict[str, Any]:
         # Through the index on next_attempt_at: delivered and given-up deliveries have none.
         pending = session.scalar(select(func.count()).select_from(WebhookDelivery).where(
             WebhookDelivery.next_attempt_at.is_not(None))) or 0
-    return {"by_status": {status: counts.get(status, 0) for status in STATUSES}, "due": due, "failing": failing,
-            "webhook_pending": pending, "computed_at": time.time()}
+    by_status = {status.value: counts.get(status, 0) for status in ConnectionStatus}
+    return {"by_status": by_status, "due": due, "failing": failing, "webhook_pending": pending,
+            "computed_at": time.time()}
 
 
 class StateCollector(Collector):
@@ -57,7 +57,7 @@ class StateCollector(Collector):
     def _state(self) -> dict[str, Any] | None:
         client = self._rt.redis
         try:
-            cached = client.get(STATE_KEY)
+            cached = cast(bytes | None, client.get(STATE_KEY))
             if cached:
                 self._last = json.loads(cached)
             elif client.set(f"{STATE_KEY}:computing", 1, nx=True, ex=STATE_SECONDS):

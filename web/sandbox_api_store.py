@@ -10,7 +10,7 @@ import json
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 from redis import Redis
 from redis.client import Pipeline
@@ -69,7 +69,10 @@ def over_limit(redis: Redis, caller: Caller, now: float) -> int | None:
     """Count a request in the organization's window: None within the limit, else `Retry-After` seconds."""
     window = int(now // caller.rate_window)
     key = f"sandbox:rate:{caller.org}:{window}"
-    count, _ = redis.pipeline(transaction=True).incr(key).expire(key, caller.rate_window + 1).execute()
+    pipe = redis.pipeline(transaction=True)
+    pipe.incr(key)
+    pipe.expire(key, caller.rate_window + 1)
+    count, _ = pipe.execute()
     if count <= caller.rate_limit:
         return None
     redis.hincrby(f"sandbox:stats:{caller.client_id}", "api_rate_limited", 1)
@@ -78,7 +81,7 @@ def over_limit(redis: Redis, caller: Caller, now: float) -> int | None:
 
 def scripted_failure(redis: Redis, client_id: str) -> int | None:
     """The next scripted API failure of the client (a status), if any."""
-    failure = redis.lpop(f"sandbox:api_fail:{client_id}")
+    failure = cast(bytes | None, redis.lpop(f"sandbox:api_fail:{client_id}"))
     if failure is None:
         return None
     redis.hincrby(f"sandbox:stats:{client_id}", "api_failures_injected", 1)
@@ -100,8 +103,12 @@ def find_contact(redis: Redis, org: str, identifier: str) -> dict[str, Any] | No
     """The contact `id:…`, `email:…` or `phone:…` of the organization."""
     contacts, index, _ = _keys(org)
     kind, _, value = identifier.partition(":")
-    contact_id = value if kind == "id" else redis.hget(index, identifier)
-    raw = redis.hget(contacts, contact_id) if contact_id else None
+    if kind == "id":
+        contact_id: str | None = value
+    else:
+        stored_id = cast(bytes | None, redis.hget(index, identifier))
+        contact_id = stored_id.decode() if stored_id is not None else None
+    raw = cast(bytes | None, redis.hget(contacts, contact_id)) if contact_id else None
     return json.loads(raw) if raw else None
 
 
@@ -115,7 +122,7 @@ def save_contact(redis: Redis, org: str, identifier: str, fields: dict[str, Any]
     contacts, index, seq = _keys(org)
 
     def step(pipe: Pipeline) -> dict[str, Any] | None:
-        current = find_contact(pipe, org, identifier)  # type: ignore[arg-type]
+        current = find_contact(pipe, org, identifier)
         if create and current is not None:
             raise Conflict(f"contact {identifier} already exists")
         if not create and current is None:
@@ -124,7 +131,7 @@ def save_contact(redis: Redis, org: str, identifier: str, fields: dict[str, Any]
         for entry in _index_entries(contact) - _index_entries(current or {}):
             if pipe.hexists(index, entry):
                 raise Conflict(f"another contact has {entry}")
-        contact_id = current["id"] if current else int(pipe.get(seq) or 0) + 1
+        contact_id = current["id"] if current else int(cast(bytes | None, pipe.get(seq)) or 0) + 1
         contact["id"] = contact_id
         pipe.multi()
         if not current:
@@ -133,17 +140,21 @@ def save_contact(redis: Redis, org: str, identifier: str, fields: dict[str, Any]
         if stale:
             pipe.hdel(index, *stale)
         for entry in _index_entries(contact):
-            pipe.hset(index, entry, contact_id)
+            pipe.hset(index, entry, str(contact_id))
         pipe.hset(contacts, str(contact_id), json.dumps(contact))
         return contact
 
-    return redis.transaction(step, contacts, index, seq, value_from_callable=True)
+    # redis-py types transaction()'s callable as returning None, though value_from_callable
+    # hands back what it returns.
+    answer = redis.transaction(step, contacts, index, seq, value_from_callable=True)  # type: ignore[arg-type]
+    return cast(dict[str, Any] | None, answer)
 
 
 def list_contacts(redis: Redis, org: str, search: str, after: int, limit: int) -> tuple[list[dict[str, Any]], bool]:
     """A page of contacts by id after `after`, those matching `search` only; and whether more follow."""
     needle = search.lower()
-    rows = sorted((json.loads(raw) for raw in redis.hvals(_keys(org)[0])), key=lambda contact: contact["id"])
+    stored = cast(list[bytes], redis.hvals(_keys(org)[0]))
+    rows = sorted((json.loads(raw) for raw in stored), key=lambda contact: contact["id"])
     matching = [contact for contact in rows if contact["id"] > after and (not needle or any(
         needle in str(contact.get(name) or "").lower() for name in ("firstName", "lastName", "email", "phone")))]
     return matching[:limit], len(matching) > limit
@@ -151,4 +162,4 @@ def list_contacts(redis: Redis, org: str, search: str, after: int, limit: int) -
 
 def next_message_id(redis: Redis, org: str) -> int:
     """A new message id of the organization."""
-    return int(redis.incr(f"sandbox:org:{org}:messages"))
+    return cast(int, redis.incr(f"sandbox:org:{org}:messages"))

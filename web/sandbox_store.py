@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from redis import Redis
@@ -168,7 +168,7 @@ def register_client(redis: Redis, redirect_uris: list[str], access_token_ttl: in
 
 def redirect_uris(redis: Redis, client_id: str) -> list[str] | None:
     """The client's registered redirect URIs, or None for an unknown client."""
-    raw = redis.hget(f"sandbox:client:{client_id}", "redirect_uris")
+    raw = cast(bytes | None, redis.hget(f"sandbox:client:{client_id}", "redirect_uris"))
     return json.loads(raw) if raw is not None else None
 
 
@@ -188,7 +188,10 @@ def authenticate(redis: Redis, client_id: str, secret: str, grant_type: str = ""
 def save_code(redis: Redis, code: str, **fields: str) -> None:
     """Remember an approved authorization for CODE_TTL_SECONDS."""
     key = f"sandbox:code:{digest(code)}"
-    redis.pipeline(transaction=True).hset(key, mapping=fields).expire(key, CODE_TTL_SECONDS).execute()
+    pipe = redis.pipeline(transaction=True)
+    pipe.hset(key, mapping=fields)
+    pipe.expire(key, CODE_TTL_SECONDS)
+    pipe.execute()
 
 
 def exchange_code(redis: Redis, code: str, *, client_id: str, redirect_uri: str, challenge: str,
@@ -220,9 +223,11 @@ def revoke_token(redis: Redis, client_id: str, token: str) -> None:
 
 def introspect(redis: Redis, client_id: str, token: str, now: int) -> dict[str, Any]:
     """RFC 7662 answer for a token of this client; any other token is inactive."""
-    access, refresh, refresh_ttl = (redis.pipeline(transaction=False).get(f"sandbox:at:{digest(token)}")
-                                    .get(f"sandbox:rt:{digest(token)}").ttl(f"sandbox:rt:{digest(token)}")
-                                    .execute())
+    pipe = redis.pipeline(transaction=False)
+    pipe.get(f"sandbox:at:{digest(token)}")
+    pipe.get(f"sandbox:rt:{digest(token)}")
+    pipe.ttl(f"sandbox:rt:{digest(token)}")
+    access, refresh, refresh_ttl = pipe.execute()
     if access is not None:
         grant_id, exp = access.decode().split(" ")
         token_type, expires = "access_token", int(exp)
@@ -230,8 +235,8 @@ def introspect(redis: Redis, client_id: str, token: str, now: int) -> dict[str, 
         grant_id, token_type, expires = refresh.decode(), "refresh_token", now + max(refresh_ttl, 0)
     else:
         return {"active": False}
-    owner, scope, workspace = (_text(v) for v in redis.hmget(f"sandbox:grant:{grant_id}",
-                                                             "client_id", "scope", "workspace"))
+    fields = cast(list[bytes | None], redis.hmget(f"sandbox:grant:{grant_id}", ["client_id", "scope", "workspace"]))
+    owner, scope, workspace = (_text(v) for v in fields)
     if owner != client_id:
         return {"active": False}
     return {"active": True, "client_id": client_id, "scope": scope, "exp": expires, "token_type": token_type,
@@ -283,8 +288,8 @@ def validate_knobs(body: object) -> dict[str, Any]:
 def set_knobs(redis: Redis, client_id: str, knobs: dict[str, Any]) -> None:
     """Replace the client's knobs and scripted failures at once."""
     settings = {name: str(value) for name, value in knobs.items() if name not in ("fail", "api_fail")}
-    pipe = redis.pipeline(transaction=True).delete(f"sandbox:knobs:{client_id}", f"sandbox:fail:{client_id}",
-                                                   f"sandbox:api_fail:{client_id}")
+    pipe = redis.pipeline(transaction=True)
+    pipe.delete(f"sandbox:knobs:{client_id}", f"sandbox:fail:{client_id}", f"sandbox:api_fail:{client_id}")
     if settings:
         pipe.hset(f"sandbox:knobs:{client_id}", mapping=settings)
     if knobs["fail"]:
@@ -296,9 +301,11 @@ def set_knobs(redis: Redis, client_id: str, knobs: dict[str, Any]) -> None:
 
 def get_knobs(redis: Redis, client_id: str) -> dict[str, Any]:
     """The client's knobs with their defaults, and the scripted failures not yet consumed."""
-    stored, fail, api_fail = (redis.pipeline(transaction=True).hgetall(f"sandbox:knobs:{client_id}")
-                              .lrange(f"sandbox:fail:{client_id}", 0, -1)
-                              .lrange(f"sandbox:api_fail:{client_id}", 0, -1).execute())
+    pipe = redis.pipeline(transaction=True)
+    pipe.hgetall(f"sandbox:knobs:{client_id}")
+    pipe.lrange(f"sandbox:fail:{client_id}", 0, -1)
+    pipe.lrange(f"sandbox:api_fail:{client_id}", 0, -1)
+    stored, fail, api_fail = pipe.execute()
     knobs = {k.decode(): v.decode() for k, v in stored.items()}
     return {"latency_ms": int(knobs.get("latency_ms", 0)),
             "access_token_ttl": int(knobs["access_token_ttl"]) if "access_token_ttl" in knobs else None,
@@ -313,7 +320,8 @@ def get_knobs(redis: Redis, client_id: str) -> dict[str, Any]:
 
 def get_stats(redis: Redis, client_id: str) -> dict[str, Any]:
     """The client's counters."""
-    counts = {k.decode(): int(v) for k, v in redis.hgetall(f"sandbox:stats:{client_id}").items()}
+    stats = cast(dict[bytes, bytes], redis.hgetall(f"sandbox:stats:{client_id}"))
+    counts = {k.decode(): int(v) for k, v in stats.items()}
     return {"token_requests": {grant: counts.get(f"token_requests:{grant}", 0)
                                for grant in ("authorization_code", "refresh_token")},
             **{name: counts.get(name, 0)

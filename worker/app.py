@@ -6,7 +6,7 @@ promise Celery keeps when it first needs it, so `celery -A worker worker` and
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready
@@ -15,6 +15,9 @@ from shared.config import get_settings
 from shared.queue import PRUNE_HISTORY, REQUEUE_WEBHOOKS, REVOKE_LEFTOVERS, SWEEP_DUE, WEBHOOK_QUEUE, celery_config
 from shared.runtime import Runtime, build_runtime
 from shared.webhooks import REQUEUE_SECONDS
+
+if TYPE_CHECKING:
+    from worker.task import KeeperTask
 
 BEAT_LOCK_SECONDS = 30
 REVOKE_LEFTOVERS_SECONDS = 300.0
@@ -70,7 +73,7 @@ def worker_config() -> dict[str, Any]:
 
 # Every task of this app is a KeeperTask (worker/task.py): `@celery.task(name=…)` is all
 # a task module writes.
-celery = Celery("worker", task_cls="worker.task:KeeperTask")
+celery: Celery[KeeperTask] = Celery("worker", task_cls="worker.task:KeeperTask")
 celery.add_defaults(worker_config)
 
 _lock = threading.Lock()

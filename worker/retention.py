@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, Table, and_, delete, exists, select
 
+from shared.db import rowcount
 from shared.models import ConnectAttempt, ConnectSession, Event, WebhookDelivery, utcnow
 from shared.queue import PRUNE_HISTORY
 from shared.runtime import Runtime
@@ -21,10 +22,10 @@ log = logging.getLogger(__name__)
 
 PRUNE_BATCH = 500
 
-_events: Table = Event.__table__  # type: ignore[assignment]
-_attempts: Table = ConnectAttempt.__table__  # type: ignore[assignment]
-_sessions: Table = ConnectSession.__table__  # type: ignore[assignment]
-_deliveries: Table = WebhookDelivery.__table__  # type: ignore[assignment]
+_events: Table = Event.__table__
+_attempts: Table = ConnectAttempt.__table__
+_sessions: Table = ConnectSession.__table__
+_deliveries: Table = WebhookDelivery.__table__
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def prune(rt: Runtime, now: datetime | None = None, batch: int = PRUNE_BATCH) ->
         while True:
             oldest = select(table.c.id).where(prunable.old(cutoff)).limit(batch)
             with rt.db.session() as session:
-                deleted = session.execute(delete(table).where(table.c.id.in_(oldest))).rowcount
+                deleted = rowcount(session.execute(delete(table).where(table.c.id.in_(oldest))))
             total += deleted
             if deleted < batch:
                 break

@@ -43,7 +43,8 @@ def revoke_at_provider(rt: Runtime, connection: Connection, integration: Integra
         return False
     client = oauth_client(rt, integration)
     transient = False
-    for column, hint in ((connection.refresh_token_enc, "refresh_token"), (connection.access_token_enc, "access_token")):
+    stored = ((connection.refresh_token_enc, "refresh_token"), (connection.access_token_enc, "access_token"))
+    for column, hint in stored:
         if column is None:
             continue
         try:

@@ -28,6 +28,9 @@ class KeeperTask(Task):
     reject_on_worker_lost = True
     # Nobody reads results: the database and the update channel carry outcomes.
     ignore_result = True
+    # Every task here gives up after a bounded number of retries (Celery's default is 3;
+    # a task sets its own with `max_retries=`), never None for "retry forever".
+    max_retries: int = 3
 
     @property
     def rt(self) -> Runtime:

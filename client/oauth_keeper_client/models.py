@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 
@@ -29,7 +29,7 @@ class Token:
         """Whether the token expires within the margin (a token without expiry never is)."""
         if self.expires_at is None:
             return False
-        return (now or datetime.now(timezone.utc)) >= self.expires_at - timedelta(seconds=margin_seconds)
+        return (now or datetime.now(UTC)) >= self.expires_at - timedelta(seconds=margin_seconds)
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from devstack.local_redis import ensure_redis
 from shared import migrate
-from shared.local_redis import ensure_redis
 from shared.runtime import build_runtime
 from tests.conftest import make_settings
 from tests.integration.stack import Stack, free_port

@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import requests
 
-from shared.local_redis import free_port  # noqa: F401 - re-exported for the fixtures
+from devstack.ports import free_port  # noqa: F401 - re-exported for the fixtures
 from shared.models import Connection, Integration, utcnow
 from shared.runtime import Runtime
 from shared.tenants import create_tenant
@@ -114,7 +114,7 @@ class Stack:
 
     # --- tenants and the API ---------------------------------------------------------
 
-    def tenant(self, name: str = "acme") -> "Tenant":
+    def tenant(self, name: str = "acme") -> Tenant:
         with self.runtime.db.session() as session:
             tenant, api_key = create_tenant(session, name)
         return Tenant(self, tenant.id, api_key)

@@ -18,9 +18,9 @@ import redis
 import requests
 import yaml
 
+from devstack.ports import free_port
 from shared.config import load_settings
 from shared.crypto import new_fernet_key
-from shared.local_redis import free_port
 from shared.runtime import build_runtime
 from tests.integration.stack import BIN, ROOT, Browser, Stack, Tenant, wait_for
 from tests.unit.web.test_metrics import samples

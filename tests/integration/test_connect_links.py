@@ -40,10 +40,10 @@ def test_two_browsers_racing_one_link_make_one_connection(stack: Stack) -> None:
     callbacks = [browser.decide(browser.open_connect(connect_url)) for browser in browsers]
 
     with ThreadPoolExecutor(2) as pool:
-        answers = list(pool.map(lambda pair: pair[0].callback(pair[1]), zip(browsers, callbacks)))
+        answers = list(pool.map(lambda pair: pair[0].callback(pair[1]), zip(browsers, callbacks, strict=True)))
     assert [answer.status_code for answer in answers] == [303, 303]
     attempts = [browser.attempt(answer.headers["Location"], timeout=30)
-                for browser, answer in zip(browsers, answers)]
+                for browser, answer in zip(browsers, answers, strict=True)]
 
     outcomes = sorted((a["status"], a.get("error")) for a in attempts)
     assert outcomes == [("failed", "link_already_used"), ("succeeded", None)], attempts

@@ -46,7 +46,8 @@ def test_many_fenced_writes_in_one_statement_land_only_where_the_version_still_m
     assert written == {rotated, kept}
     with database.session() as session:
         stored = {row.id: row for row in session.query(Connection)}
-    assert (stored[rotated].version, stored[rotated].refresh_token_enc, stored[rotated].scopes) == (2, "new-rt", ["a", "b"])
+    row = stored[rotated]
+    assert (row.version, row.refresh_token_enc, row.scopes) == (2, "new-rt", ["a", "b"])
     assert stored[rotated].expires_at == later and stored[rotated].access_token_enc == "new-at"
     assert (stored[kept].version, stored[kept].refresh_token_enc, stored[kept].scopes) == (2, "rt1", ["old"])
     assert stored[kept].expires_at is None and stored[kept].last_refreshed_at == now

@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, urljoin, urlsplit
 import pytest
 import requests
 
-from shared.local_redis import free_port
+from devstack.ports import free_port
 from tests.integration.test_make_dev import Output, healthy, wait_for
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, urljoin, urlsplit
 import pytest
 import requests
 
-from shared.local_redis import free_port
+from devstack.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -134,7 +134,8 @@ def make_dev(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[s
     if not (venv / "bin" / "python").exists():
         pytest.skip(f"no virtual environment at {venv}")
     port = free_port()
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", str(tmp_path)), "PORT": str(port)}
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", str(tmp_path)),
+           "PORT": str(port)}
     if getattr(request, "param", "unset") == "dead-port":
         env["REDIS_URL"] = f"redis://127.0.0.1:{free_port()}/0"
     # -o: treat the install stamp as up to date, so the shared virtual environment is
@@ -255,7 +256,7 @@ def test_make_dev_runs_the_system_connects_a_sandbox_account_and_stops_on_ctrl_c
     # Ctrl-C, as a terminal sends it: to the foreground process group, make's, which
     # holds make and the dev runner (the runner's children have sessions of their own).
     before = descendants(process.pid)
-    runners = [pid for pid, cmd in before.items() if "scripts/dev.py" in cmd]
+    runners = [pid for pid, cmd in before.items() if "-m devstack.dev" in cmd]
     assert len(runners) == 1, before
     assert _stat(runners[0])[1] == process.pid, "the dev runner is not in make's process group"
     os.killpg(process.pid, signal.SIGINT)

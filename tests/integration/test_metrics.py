@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from shared.local_redis import free_port
+from devstack.ports import free_port
 from tests.integration.conftest import StackFactory
 from tests.integration.stack import wait_for
 from tests.unit.web.test_metrics import samples

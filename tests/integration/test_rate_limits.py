@@ -9,7 +9,8 @@ from datetime import timedelta
 import pytest
 import requests
 
-from shared.local_redis import ensure_redis, free_port
+from devstack.local_redis import ensure_redis
+from devstack.ports import free_port
 from shared.models import Connection, Integration, utcnow
 from tests.integration.stack import Stack
 

@@ -13,7 +13,8 @@ from sqlalchemy import update
 
 from shared import refreshes
 from shared.crypto import digest
-from shared.models import Connection, Integration, Tenant as TenantRow, utcnow
+from shared.models import Connection, Integration, utcnow
+from shared.models import Tenant as TenantRow
 from shared.tenants import announce_key_change
 from shared.tokens import fenced_update
 from tests.integration.conftest import StackFactory

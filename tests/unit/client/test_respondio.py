@@ -1,7 +1,7 @@
 """The client's call policy against a scripted local HTTP server: 401, 429/449, 5xx, dropped connections."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
 
@@ -31,7 +31,7 @@ class Source:
 
     def _next(self) -> Token:
         self.issued += 1
-        return Token(f"token-{self.issued}", "Bearer", datetime.now(timezone.utc) + timedelta(hours=1), [])
+        return Token(f"token-{self.issued}", "Bearer", datetime.now(UTC) + timedelta(hours=1), [])
 
     def token(self, connection_id: str) -> Token:
         return self._next()
@@ -92,7 +92,7 @@ def test_a_transient_refresh_failure_is_tried_again_by_the_next_holder(server: S
 
 
 def test_429_and_449_wait_their_retry_after(server: Scripted, waits: list[float]) -> None:
-    later = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)
+    later = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
     server.script = [(429, {}, {"Retry-After": "2"}), (449, {}, {"Retry-After": later}), (449, {}, {})]
     assert client(server, waits).request("GET", "/space/user").status_code == 200
     assert waits[0] == 2 and 28 <= waits[1] <= 30 and waits[2] == 1.0  # default_wait without a header
@@ -151,7 +151,7 @@ def test_a_due_token_is_fetched_again_and_a_kept_one_is_not(server: Scripted) ->
     cache = TokenCache(source, "conn_1", margin_seconds=60)
     first = cache.current()
     assert cache.current() is first and source.issued == 1
-    cache._token = Token("old", "Bearer", datetime.now(timezone.utc) + timedelta(seconds=30), [])
+    cache._token = Token("old", "Bearer", datetime.now(UTC) + timedelta(seconds=30), [])
     assert cache.current().access_token == "token-2"
 
 

@@ -23,7 +23,8 @@ def test_defaults_follow_the_contract(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.database_url.startswith("sqlite:///") and settings.database_url.endswith("var/oauth.db")
     assert settings.redis_url == "redis://127.0.0.1:6379/0"
     assert settings.redirect_uri == "http://127.0.0.1:8000/oauth/callback"
-    assert (settings.refresh_margin_seconds, settings.refresh_sweep_seconds, settings.token_wait_seconds) == (600, 60, 10)
+    timings = (settings.refresh_margin_seconds, settings.refresh_sweep_seconds, settings.token_wait_seconds)
+    assert timings == (600, 60, 10)
     assert settings.sandbox_provider is False
     assert settings.refresh_lock_ttl > settings.http_timeout_seconds
     assert settings.retention_days == 30

@@ -7,7 +7,8 @@ from shared.pkce import new_verifier, s256_challenge
 
 
 def test_the_rfc_7636_appendix_b_example() -> None:
-    assert s256_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk") == "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+    verifier, challenge = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk", "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+    assert s256_challenge(verifier) == challenge
 
 
 def test_verifiers_are_long_random_and_unreserved() -> None:

@@ -84,7 +84,8 @@ def test_invalid_integration_fields_are_422_naming_the_field(api: Api, change: d
 
 def test_a_missing_required_field_is_422(api: Api) -> None:
     body = {k: v for k, v in INTEGRATION.items() if k != "client_secret"}
-    assert _error(api("POST", "/integrations", json=body), 422, "invalid_fields")["details"][0]["field"] == "client_secret"
+    error = _error(api("POST", "/integrations", json=body), 422, "invalid_fields")
+    assert error["details"][0]["field"] == "client_secret"
 
 
 def test_a_generic_oauth2_integration_needs_its_urls(api: Api) -> None:
@@ -143,7 +144,8 @@ def test_connections_are_paged_with_a_cursor(api: Api) -> None:
     ids = _connections(api, 5)
     seen, cursor = [], None
     while True:
-        page = api("GET", "/connections", query_string={"limit": 2, **({"cursor": cursor} if cursor else {})}).get_json()
+        query = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = api("GET", "/connections", query_string=query).get_json()
         seen += [c["id"] for c in page["data"]]
         cursor = page["next_cursor"]
         if not cursor:

@@ -46,7 +46,8 @@ def flow() -> Flow:
     config = make_settings(browser_rate_limit="1000000/hour")
     db = Database("sqlite://")
     Base.metadata.create_all(db.engine)
-    flow = make_flow(Runtime(settings=config, db=db, redis=fakeredis.FakeRedis(), cipher=Cipher(config.encryption_keys)))
+    flow = make_flow(Runtime(settings=config, db=db, redis=fakeredis.FakeRedis(),
+                             cipher=Cipher(config.encryption_keys)))
     flow.connect_url()
     return flow
 

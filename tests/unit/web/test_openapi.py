@@ -161,7 +161,8 @@ def _codes(doc: dict[str, Any], path: str, method: str, status: str) -> set[str]
 
 def test_the_documented_error_codes_are_the_ones_the_views_raise(doc: dict[str, Any]) -> None:
     connections, token = "/api/v1/connections", "/api/v1/connections/{connection_id}/token"
-    assert _codes(doc, connections, "get", "400") == {"invalid_cursor", "invalid_limit", "invalid_status", "bad_request"}
+    assert _codes(doc, connections, "get", "400") == {"invalid_cursor", "invalid_limit", "invalid_status",
+                                                      "bad_request"}
     assert _codes(doc, "/api/v1/connect-sessions", "post", "409") == {"integration_mismatch", "revoked"}
     for path, method in ((token, "get"), ("/api/v1/connections/{connection_id}/refresh", "post")):
         assert _codes(doc, path, method, "409") == {"needs_reauth", "revoked"}
@@ -184,8 +185,8 @@ def test_every_schema_is_the_one_pydantic_generates(doc: dict[str, Any]) -> None
     for name, schema in schemas_.items():
         model = getattr(schemas, name, None)
         if isinstance(model, type) and issubclass(model, BaseModel):
-            generated = model.model_json_schema(ref_template="#/components/schemas/{model}",
-                                                mode="validation" if name.endswith(("In", "Query")) else "serialization")
+            mode = "validation" if name.endswith(("In", "Query")) else "serialization"
+            generated = model.model_json_schema(ref_template="#/components/schemas/{model}", mode=mode)
             generated.pop("$defs", None)
             assert schema == generated, name
 

@@ -139,7 +139,8 @@ def test_full_code_flow(web: FlaskClient, creds: dict) -> None:
 
 
 def test_deny_redirects_access_denied(web: FlaskClient, creds: dict) -> None:
-    response = web.post("/sandbox/oauth/authorize", data={**authorize_params(creds, new_verifier()), "decision": "deny"})
+    response = web.post("/sandbox/oauth/authorize",
+                        data={**authorize_params(creds, new_verifier()), "decision": "deny"})
     assert response.status_code == 302 and response.location.startswith(REDIRECT + "?")
     query = parse_qs(urlsplit(response.location).query)
     assert query["error"] == ["access_denied"] and query["state"] == ["st4te"] and "error_description" in query

@@ -13,8 +13,8 @@ from shared.runtime import Runtime
 from shared.tenants import create_tenant
 from shared.tokens import record_event
 from tests.conftest import seed_connections
-from tests.unit.web.test_api import Api, _error
 from tests.unit.shared.test_webhooks import SentTasks, _runtime
+from tests.unit.web.test_api import Api, _error
 from web import create_app
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from shared.local_redis import answers, ensure_redis, free_port
+from devstack.local_redis import answers, ensure_redis
+from devstack.ports import free_port
 
 
 def silent_url() -> str:
@@ -28,12 +29,12 @@ def pid_alive(pid: int) -> bool:
 def test_an_answering_url_is_used_as_it_is_and_left_running(caplog: pytest.LogCaptureFixture) -> None:
     with ensure_redis(silent_url()) as started:
         caplog.clear()
-        with caplog.at_level(logging.INFO, logger="shared.local_redis"):
+        with caplog.at_level(logging.INFO, logger="devstack.local_redis"):
             local = ensure_redis(started.url)
         assert local.url == started.url
         assert local.kind == "external"
         assert not local.started_here
-        assert len([r for r in caplog.records if r.name == "shared.local_redis"]) == 1
+        assert len([r for r in caplog.records if r.name == "devstack.local_redis"]) == 1
         local.stop()
         assert answers(started.url), "stopping an external Redis must leave it running"
 
@@ -43,7 +44,7 @@ def test_redis_server_is_started_when_the_url_is_silent_and_stopped_without_a_tr
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     wanted = silent_url()
-    with caplog.at_level(logging.INFO, logger="shared.local_redis"):
+    with caplog.at_level(logging.INFO, logger="devstack.local_redis"):
         local = ensure_redis(wanted)
     try:
         assert local.kind == "redis-server"
@@ -71,7 +72,7 @@ def test_fakeredis_serves_when_redis_server_is_not_on_path(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no redis-server here
-    with caplog.at_level(logging.INFO, logger="shared.local_redis"):
+    with caplog.at_level(logging.INFO, logger="devstack.local_redis"):
         local = ensure_redis(silent_url())
     with local:
         assert local.kind == "fakeredis"

@@ -18,16 +18,14 @@ import threading
 import time
 from pathlib import Path
 
+import requests
+
+from devstack.local_redis import LocalRedis, ensure_redis
+from devstack.supervisor import Supervisor, say
+from shared.config import DEFAULT_SQLITE
+from shared.crypto import new_fernet_key, new_secret
+
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import requests  # noqa: E402
-
-from scripts.supervisor import Supervisor, say  # noqa: E402
-from shared.config import DEFAULT_SQLITE  # noqa: E402
-from shared.crypto import new_fernet_key, new_secret  # noqa: E402
-from shared.local_redis import LocalRedis, ensure_redis  # noqa: E402
 
 VAR = ROOT / "var"
 DEV_ENV = VAR / "dev.env"

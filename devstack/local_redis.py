@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -14,6 +13,7 @@ from types import TracebackType
 
 import redis
 
+from devstack.ports import free_port
 from shared.config import DEFAULT_REDIS_URL
 
 log = logging.getLogger(__name__)
@@ -30,13 +30,6 @@ def answers(url: str, timeout: float = 0.5) -> bool:
         return False
     finally:
         client.close()
-
-
-def free_port() -> int:
-    """A TCP port on the loopback interface that nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class LocalRedis:
@@ -173,7 +166,8 @@ def ensure_redis(url: str | None = None) -> LocalRedis:
         log.info("redis: %s did not answer; started redis-server at %s", _redact(url), local.url)
         return local
     local = _start_fakeredis()
-    log.info("redis: %s did not answer and redis-server is not installed; started fakeredis at %s", _redact(url), local.url)
+    log.info("redis: %s did not answer and redis-server is not installed; started fakeredis at %s",
+             _redact(url), local.url)
     return local
 
 
