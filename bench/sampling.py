@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.harness import BIN, PROFILE_CATEGORIES
+from bench.harness import BIN, library_of
 
 RATE = 200  # samples a second
 
@@ -37,9 +37,7 @@ class Profile:
 
 def _library(frame: str) -> str:
     """The library a py-spy frame, `function (path:line)`, belongs to."""
-    path = frame[frame.rfind("(") + 1:frame.rfind(":")]
-    return next((name for name, marks in PROFILE_CATEGORIES if any(m in path for m in marks)),
-                "other Python (stdlib, logging…)")
+    return library_of(frame[frame.rfind("(") + 1:frame.rfind(":")])
 
 
 def parse(raw: str, stages: dict[str, tuple[str, ...]]) -> Profile:
