@@ -221,7 +221,8 @@ def run(section: Section, quick: bool = False, repeats: int = 3, database: str |
         "sweep: `worker.sweep.sweep(runtime, app)` (the function behind `tokens.sweep_due`) in a fresh "
         f"child process, REFRESH_MARGIN_SECONDS={MARGIN_SECONDS}; it claims each due connection's marker and "
         "queues one `tokens.refresh_batch` message per page of ids, with each one's integration (a worker "
-        "cuts each into chunks of one provider host); its Celery app routes them to the throwaway queue `{THROWAWAY_QUEUE}` "
+        "cuts each into chunks of one provider host); its Celery app routes them to the throwaway queue "
+        f"`{THROWAWAY_QUEUE}` "
         "(deleted after each run, with the sweep's `refresh-queued:*` markers, so every run queues every due "
         "connection)",
         f"each size: {repeats} timed runs (median reported, all in the notes), then one run with the "

@@ -164,12 +164,13 @@ def record_events(session: Session, entries: Sequence[tuple[Connection, str, str
         return
     # Each entry a microsecond after the one before, so a history lists them in this order.
     now = utcnow()
-    rows = [{"id": new_id("evt"), "connection_id": connection.id, "tenant_id": connection.tenant_id,
-             "type": type_, "error": error, "created_at": now + timedelta(microseconds=n)}
-            for n, (connection, type_, error) in enumerate(entries)]
-    session.execute(_EVENTS, rows)
-    for row, (connection, type_, error) in zip(rows, entries, strict=True):
-        add_delivery(session, connection, row["id"], type_, error, row["created_at"])
+    ids, times = [new_id("evt") for _ in entries], [now + timedelta(microseconds=n) for n in range(len(entries))]
+    session.execute(_EVENTS, [{"id": event_id, "connection_id": connection.id, "tenant_id": connection.tenant_id,
+                               "type": type_, "error": error, "created_at": created_at}
+                              for event_id, created_at, (connection, type_, error) in zip(ids, times, entries,
+                                                                                          strict=True)])
+    for event_id, created_at, (connection, type_, error) in zip(ids, times, entries, strict=True):
+        add_delivery(session, connection, event_id, type_, error, created_at)
 
 
 def record_event(session: Session, connection: Connection, type_: str, error: str | None = None) -> None:

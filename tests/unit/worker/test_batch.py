@@ -156,7 +156,7 @@ def test_a_page_is_cut_into_chunks_of_one_host_each_that_name_it(worker_runtime:
     try:
         first = connections_at(rt, endpoint.url, count=CHUNK + 1)
         second = connections_at(rt, other.url, count=3)
-        page = [cid for pair in zip(first, second) for cid in pair] + first[3:]
+        page = [cid for pair in zip(first[:3], second, strict=True) for cid in pair] + first[3:]
         integrations = [stored(rt, cid).integration_id for cid in page]
         page.append("conn_of_an_integration_gone")
         integrations.append("int_gone")
