@@ -28,7 +28,7 @@ from celery import Celery
 from sqlalchemy import select
 
 from shared import refreshes
-from shared.fairness import SLOT_WAIT_SECONDS, TURN_SECONDS, Turns, counts_against_host, host_of
+from shared.fairness import SLOT_WAIT_SECONDS, Turns, counts_against_host, host_of
 from shared.integrations import oauth_client, server_urls
 from shared.locks import release_refresh_locks, take_refresh_locks
 from shared.models import Connection, Integration, utcnow
@@ -130,12 +130,14 @@ def refresh_chunk(rt: Runtime, app: Celery, connection_ids: list[str],
 
 def defer(rt: Runtime, app: Celery, connection_ids: list[str], route: Route, wait: float) -> None:
     """Queue connections of one route again. Waiting for a slot (`wait` of `SLOT_WAIT_SECONDS`
-    or less), they take a turn that the next call to finish at that host wakes; waiting for
-    its breaker, they go when it is due to let a probe through."""
+    or less), they take a turn in the host's line, which calls finishing at that host wake
+    in order (or which goes by itself, the later the longer the line); waiting for its
+    breaker, they go when it is due to let a probe through."""
     if wait <= SLOT_WAIT_SECONDS:
-        turn = Turns(rt.redis).wait(route.host, json.dumps({"ids": connection_ids, "breaker": route.breaker}))
+        turn, patience = Turns(rt.redis).wait(route.host, json.dumps({"ids": connection_ids,
+                                                                      "breaker": route.breaker}))
         app.send_task(REFRESH_BATCH, args=[connection_ids], kwargs={**route.kwargs(), "turn": turn},
-                      countdown=TURN_SECONDS * random.uniform(0.8, 1.2), ignore_result=True)
+                      countdown=patience * random.uniform(0.8, 1.2), ignore_result=True)
         return
     app.send_task(REFRESH_BATCH, args=[connection_ids], kwargs=route.kwargs(),
                   countdown=wait * random.uniform(1.0, 1.2), ignore_result=True)
