@@ -210,8 +210,9 @@ def run(section: Section, quick: bool = False, repeats: int = 3, database: str |
             table_size = connection.execute(sa.text(
                 "SELECT pg_size_pretty(pg_total_relation_size('connections'))")).scalar()
             plan = [row[0].strip() for row in connection.execute(sa.text(
-                "EXPLAIN SELECT id, expires_at, lifetime_seconds FROM connections WHERE status = 'active' "
-                "AND expires_at <= now() + interval '600 seconds' ORDER BY expires_at, id LIMIT 1000"))]
+                "EXPLAIN SELECT id, integration_id, expires_at, lifetime_seconds FROM connections "
+                "WHERE status = 'active' AND expires_at <= now() + interval '600 seconds' "
+                "ORDER BY expires_at, id LIMIT 1000"))]
         engine.dispose()
 
     section.setup += [
