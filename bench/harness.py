@@ -264,6 +264,12 @@ PROFILE_CATEGORIES = (
 )
 
 
+def library_of(path: str) -> str:
+    """The library (a PROFILE_CATEGORIES name) a source file belongs to."""
+    return next((name for name, marks in PROFILE_CATEGORIES if any(m in path for m in marks)),
+                "other Python (stdlib, logging…)")
+
+
 def profile_shares(profile: Any) -> dict[str, float]:
     """Where a CPU-clock cProfile's time went, by library, as fractions (largest first)."""
     import pstats
@@ -273,8 +279,7 @@ def profile_shares(profile: Any) -> dict[str, float]:
         if filename == "~":
             category = "C functions (socket calls, Fernet's Rust core, json…)"
         else:
-            category = next((name for name, marks in PROFILE_CATEGORIES if any(m in filename for m in marks)),
-                            "other Python (stdlib, logging…)")
+            category = library_of(filename)
         shares[category] = shares.get(category, 0.0) + tottime
     total = sum(shares.values()) or 1.0
     return {name: value / total for name, value in sorted(shares.items(), key=lambda kv: -kv[1])}

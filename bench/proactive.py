@@ -56,7 +56,10 @@ def run(section: Section, quick: bool = False, count: int = 5000, seconds: float
         tenant_id, integration_id, _ = tenant_and_integration(rt, sandbox, client)
         say(f"  minting {count:,} sandbox grants…")
         grants = mint_grants(rt, client, count)
-        worker_env = {"REFRESH_SWEEP_SECONDS": "1", "HTTP_TIMEOUT_SECONDS": "10"}
+        # PUBLIC_BASE_URL: a sandbox integration calls the sandbox of the service's own base URL.
+        # PROVIDER_CONCURRENCY: as many calls in flight to the sandbox's host as the workers have threads.
+        worker_env = {"REFRESH_SWEEP_SECONDS": "1", "HTTP_TIMEOUT_SECONDS": "10", "PUBLIC_BASE_URL": base,
+                      "PROVIDER_CONCURRENCY": str(processes * threads)}
         workers = [env.start_worker(f"bench{i + 1}", threads, worker_env) for i in range(processes)]
         env.wait_workers_ready(workers)
         _insert(env, tenant_id, integration_id, grants, LIFETIME_SECONDS / 2)
@@ -96,8 +99,11 @@ def run(section: Section, quick: bool = False, count: int = 5000, seconds: float
         "start, so the demand is steady from the first second",
         f"sandbox: its own gunicorn (`-w 2 --threads 64`), latency_ms={LATENCY_MS}, "
         f"access_token_ttl={LIFETIME_SECONDS}",
-        f"beat: `celery -A worker beat` (RedBeat), REFRESH_SWEEP_SECONDS=1; workers: {processes} × "
-        f"`celery -A worker worker -P threads -c {threads}`; database: {kind}",
+        f"beat: `celery -A worker beat` (RedBeat), REFRESH_SWEEP_SECONDS=1, whose sweep queues one "
+        f"`tokens.refresh_batch` per page of due connections (the production path); workers: {processes} × "
+        f"`celery -A worker worker -P threads -c {threads}`, PROVIDER_CONCURRENCY={processes * threads} (as many "
+        f"calls in flight to the sandbox's host as the workers have threads; the default, 8 per host, would cap "
+        f"them at {8 / (LATENCY_MS / 1000):.0f}/s); database: {kind}",
         f"run: {seconds:.0f} s; the database sampled every second",
     ]
     section.add("refreshes/s in steady state (second half of the run)", per_s(steady), f"≥ {needed:.0f}/s",

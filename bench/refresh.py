@@ -2,17 +2,17 @@
 
 N connections are due (their access tokens expired a minute ago), each holding a real refresh
 token of the sandbox, which answers its token endpoint after 100 ms and runs in a gunicorn of
-its own. Celery workers (`celery -A worker worker -P threads`) run on this machine; the bench
-sends `tokens.refresh_connection` for every connection and waits until every connection's
-version has changed. Beside it: the ideal bound (concurrency ÷ provider latency) and a bare
-thread pool of `requests` posting as many refresh-token grants straight to the sandbox.
+its own. Celery workers (`celery -A worker worker -P threads`) run on this machine. The bench
+runs the sweep itself (`worker.sweep.sweep`, what beat's `tokens.sweep_due` runs), which queues
+one `tokens.refresh_batch` message per page of due connections, exactly as in production, and
+waits until every connection's version has changed. The workers' provider cap
+(PROVIDER_CONCURRENCY, per host) is the bare pool's concurrency, so that both may have as many
+calls in flight. Beside it: the ideal bound (concurrency ÷ provider latency) and a bare thread
+pool of `requests` posting as many refresh-token grants straight to the sandbox.
 """
 from __future__ import annotations
 
-import json
 import socket
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,12 +22,14 @@ import requests
 from sqlalchemy import func, select
 
 from bench.fixtures import Grant, Sandbox, insert_connections, mint_grants, tenant_and_integration
-from bench.harness import ROOT, CPUMeter, Environment, Section, error_summary, format_shares, per_s, profile_shares, say
+from bench.harness import CPUMeter, Environment, Section, error_summary, per_s, say
+from bench.sampling import Profile, Sampler
 from shared.models import Connection, utcnow
-from shared.queue import REFRESH_CONNECTION
+from worker.sweep import sweep
 
 TITLE = "Refresh throughput"
 RATE_GOAL = 400.0
+WARM_UP = 400  # due connections the workers refresh before the timed part
 BARE_RATIO_GOAL = 0.8  # issue 8
 
 
@@ -84,42 +86,41 @@ def _bare_pool(sandbox: Sandbox, client: dict, grants: list[Grant], concurrency:
     return len(grants) / elapsed, statuses
 
 
-def _diagnose_child(ids: list[str]) -> dict:
-    """In a child process with the workers' settings: `refresh_once` run sequentially, its CPU
-    per call, and where that CPU goes (a CPU-clock profile, by library)."""
-    import cProfile
-
-    from worker.app import runtime
-    from worker.refresh import refresh_once
-
-    rt = runtime()
-    warm, timed, profiled = ids[:20], ids[20:len(ids) // 2 + 10], ids[len(ids) // 2 + 10:]
-    for connection_id in warm:
-        refresh_once(rt, connection_id, None)
-    cpu, wall = time.process_time(), time.perf_counter()
-    outcomes: dict[str, int] = {}
-    for connection_id in timed:
-        name = refresh_once(rt, connection_id, None).name
-        outcomes[name] = outcomes.get(name, 0) + 1
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    profile = cProfile.Profile(time.process_time)
-    profile.enable()
-    for connection_id in profiled:
-        refresh_once(rt, connection_id, None)
-    profile.disable()
-    return {"cpu_ms": cpu / len(timed) * 1000, "wall_ms": wall / len(timed) * 1000, "outcomes": outcomes,
-            "shares": profile_shares(profile)}
+# The stages of a refresh in a worker, by the functions on the stack (the first that matches).
+STAGES = {
+    "provider call (egress, HTTP, answer checks)": ("_post",),
+    "locks (one script call per chunk)": ("take_refresh_locks",),
+    "read (one SELECT per chunk)": ("_read",),
+    "per-host slots and breaker": ("admit", "done", "wake", "defer", "take"),
+    "write (one transaction per chunk)": ("_write",),
+    "settle (locks released and markers settled in one script call, retries)": ("_settle",),
+    "the rest of the task": ("refresh_batch",),
+}
 
 
-def _diagnose(env: Environment, ids: list[str]) -> dict:
-    path = env.tmp / "diagnose-ids.json"
-    path.write_text(json.dumps(ids))
-    out = subprocess.run([sys.executable, "-m", "bench.refresh", "--diagnose", str(path)], cwd=ROOT,
-                         env=env.env(REFRESH_MARGIN_SECONDS="600", HTTP_TIMEOUT_SECONDS="10"),
-                         capture_output=True, text=True, timeout=300)
-    if out.returncode != 0:
-        raise RuntimeError(f"the diagnosis child failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def _cpu_ms(meter: CPUMeter, rate: float) -> dict[str, float]:
+    """Each process group's CPU per refresh, in ms (cores used ÷ refreshes a second)."""
+    return {name: cores / max(rate, 1e-9) * 1000 for name, cores in meter.used.items() if cores >= 0.005}
+
+
+def _per_refresh(meter: CPUMeter, rate: float, names: dict[str, str] | None = None) -> str:
+    """Each process group's CPU per refresh (ms), its total, and what nobody accounts for."""
+    parts = {(names or {}).get(name, name): value for name, value in _cpu_ms(meter, rate).items()}
+    return (", ".join(f"{name} {value:.2f} ms" for name, value in parts.items())
+            + f" (total {sum(parts.values()):.2f} ms; other programs and the kernel "
+            f"{meter.others / max(rate, 1e-9) * 1000:.2f} ms)")
+
+
+def _profile_note(profile: Profile, worker: str) -> str:
+    """Where the sampled worker's CPU went."""
+    if profile.problem or not profile.samples:
+        return f"no profile of {worker}: {profile.problem or 'no samples'}"
+    return (f"where {worker}'s CPU went (py-spy, {profile.samples:,} samples of the thread holding the GIL): by stage "
+            + ", ".join(f"{name} {share:.0%}" for name, share in profile.share(profile.stages).items()
+                        if share >= 0.005)
+            + "; by library of the innermost frame "
+            + ", ".join(f"{name} {share:.0%}" for name, share in profile.share(profile.libraries).items()
+                        if share >= 0.005))
 
 
 def run(section: Section, quick: bool = False, count: int = 10_000, processes: int = 2, threads: int = 32,
@@ -137,53 +138,65 @@ def run(section: Section, quick: bool = False, count: int = 10_000, processes: i
         sandbox.knobs(client["client_id"], latency_ms=latency_ms)
         tenant_id, integration_id, _ = tenant_and_integration(rt, sandbox, client)
 
-        say(f"  minting {2 * count:,} sandbox grants and inserting {count:,} due connections…")
+        say(f"  minting {2 * count + WARM_UP:,} sandbox grants…")
         began = time.perf_counter()
-        grants = mint_grants(rt, client, 2 * count)
-        ids = insert_connections(rt, tenant_id, integration_id, grants[:count],
-                                 expires_at=utcnow() - timedelta(minutes=1))
+        grants = mint_grants(rt, client, 2 * count + WARM_UP)
         setup_seconds = time.perf_counter() - began
 
-        worker_env = {"REFRESH_MARGIN_SECONDS": "600", "HTTP_TIMEOUT_SECONDS": "10"}
+        # PUBLIC_BASE_URL: a sandbox integration calls the sandbox of the service's own base URL.
+        worker_env = {"REFRESH_MARGIN_SECONDS": "600", "HTTP_TIMEOUT_SECONDS": "10", "PUBLIC_BASE_URL": base,
+                      "PROVIDER_CONCURRENCY": str(concurrency)}
         workers = [env.start_worker(f"bench{i + 1}", threads, worker_env) for i in range(processes)]
         env.wait_workers_ready(workers)
+        say(f"  warming the workers up with {WARM_UP} refreshes…")
+        expired = utcnow() - timedelta(minutes=1)
+        insert_connections(rt, tenant_id, integration_id, grants[2 * count:], expires_at=expired)
+        sweep(rt, rt.celery)
+        _drain(env, WARM_UP, timeout=120.0)
+        insert_connections(rt, tenant_id, integration_id, grants[:count], expires_at=utcnow() - timedelta(minutes=1))
         section.setup += [
             f"{count:,} active connections due (access token expired a minute ago), each with its own "
-            f"live sandbox refresh token (minted and inserted in {setup_seconds:.1f} s, before the timed part)",
+            f"live sandbox refresh token (minted in {setup_seconds:.1f} s, before the timed part)",
             f"sandbox: its own gunicorn, `-k gthread -w 2 --threads 64`, knob latency_ms={latency_ms} "
             "(sleeps before answering the token endpoint)",
-            f"workers: {processes} × `celery -A worker worker -P threads -c {threads}` "
-            f"(concurrency {concurrency}), REFRESH_MARGIN_SECONDS=600, HTTP_TIMEOUT_SECONDS=10; "
-            f"database: {env.kind}",
-            "the bench queues `tokens.refresh_connection` for every connection while the workers' consumers "
-            "are cancelled, then turns them on (timed from there) and polls the database until no "
-            "connection still has version 1",
+            f"workers: {processes} × `celery -A worker worker -P threads -c {threads}`, "
+            f"PROVIDER_CONCURRENCY={concurrency} (the bare pool's concurrency: at most {concurrency} calls in "
+            f"flight to the sandbox's host across both workers), REFRESH_MARGIN_SECONDS=600, "
+            f"HTTP_TIMEOUT_SECONDS=10; database: {env.kind}",
+            f"the workers first refresh {WARM_UP} other due connections (untimed), so that what is timed is "
+            "warm workers: database and HTTP connections open, the runtime built",
+            "the production path: while the workers' consumers are cancelled, the bench runs the sweep "
+            "(`worker.sweep.sweep`, what beat's `tokens.sweep_due` runs), which claims every due connection "
+            "and queues one `tokens.refresh_batch` message per page of 1,000; then it turns the consumers on "
+            "(timed from there: the workers cut the pages into chunks and refresh them) and polls the "
+            "database until no connection still has version 1",
             f"bare pool: `concurrent.futures.ThreadPoolExecutor({concurrency})` in the bench process, a "
             f"`requests.Session` per thread, posting {count:,} refresh-token grants (other grants) to the same sandbox",
         ]
 
-        # The messages are queued while the workers do not consume, so that the timed part is
-        # the workers' alone (the producer's cost is the sweep's, measured by `sweep`).
+        # The pages are queued while the workers do not consume, so that the timed part is the
+        # workers' alone (the sweep's own cost is measured by the `sweep` benchmark).
         names = [f"{w.name}@{socket.gethostname()}" for w in workers]
         replies = rt.celery.control.cancel_consumer("celery", destination=names, reply=True, timeout=5)
         if replies is None or len(replies) != len(names):
             raise RuntimeError(f"not every worker stopped consuming: {replies}")
-        say(f"  queueing {count:,} refreshes…")
+        say(f"  sweeping {count:,} due connections into the queue…")
         started = time.perf_counter()
-        with rt.celery.producer_or_acquire() as producer:
-            for connection_id in ids:
-                rt.celery.send_task(REFRESH_CONNECTION, args=[connection_id], producer=producer,
-                                    ignore_result=True)
+        queued = sweep(rt, rt.celery)
         enqueue_seconds = time.perf_counter() - started
+        if queued != count:
+            raise RuntimeError(f"the sweep queued {queued:,} of {count:,} due connections")
 
         before = sandbox.stats(client["client_id"])
         groups = {f"worker {i + 1}": w for i, w in enumerate(workers)}
         groups["sandbox"] = sandbox_proc
         say(f"  refreshing {count:,} connections through the workers…")
         meter = CPUMeter(groups).start()
+        sampler = Sampler(workers[0].popen.pid, env.tmp / "worker1.pyspy").start()
         rt.celery.control.add_consumer("celery", destination=names, reply=False)
         drain_seconds, samples = _drain(env, count, timeout=max(120.0, count / 50))
         meter.stop()
+        profile = sampler.stop(STAGES)
         time.sleep(1.0)  # late duplicates, if any, would land now
         after = sandbox.stats(client["client_id"])
         with rt.db.session() as session:
@@ -200,16 +213,9 @@ def run(section: Section, quick: bool = False, count: int = 10_000, processes: i
 
         say(f"  bare pool of {concurrency} threads…")
         bare_meter = CPUMeter({"sandbox": sandbox_proc}).start()
-        bare_rate, bare_statuses = _bare_pool(sandbox, client, grants[count:], concurrency)
+        bare_rate, bare_statuses = _bare_pool(sandbox, client, grants[count:2 * count], concurrency)
         bare_meter.stop()
 
-        say("  where a refresh's CPU goes (refresh_once in-process, provider latency 0)…")
-        quick_client = sandbox.client()
-        _, quick_integration, _ = tenant_and_integration(rt, sandbox, quick_client)
-        diagnosis_ids = insert_connections(rt, tenant_id, quick_integration,
-                                           mint_grants(rt, quick_client, 300 if not quick else 100),
-                                           expires_at=utcnow() - timedelta(minutes=1))
-        diagnosis = _diagnose(env, diagnosis_ids)
         kind = env.kind
 
     remaining = versions.get(1, 0)
@@ -232,22 +238,22 @@ def run(section: Section, quick: bool = False, count: int = 10_000, processes: i
     section.add("workers ÷ bare pool", f"{ratio:.2f}", f"≥ {BARE_RATIO_GOAL}", ratio >= BARE_RATIO_GOAL,
                 headline="refresh drain: workers ÷ bare `requests` pool")
     section.add("double refreshes", f"{doubles:,}", "0", doubles == 0)
-    worker_cpu = sum(meter.used.get(f"worker {i + 1}", 0.0) for i in range(processes))
+    ceiling = sum(_cpu_ms(bare_meter, bare_rate).values()) / max(sum(_cpu_ms(meter, rate).values()), 1e-9)
     section.notes += [
-        f"queueing the {count:,} messages (before the timed part, consumers off) took {enqueue_seconds:.1f} s",
+        f"the sweep queued the {count:,} due connections (before the timed part, consumers off) in "
+        f"{enqueue_seconds:.1f} s",
         f"sandbox counted {requests_made:,} refresh-token requests and {successes:,} successful refreshes "
         f"for the worker run, {revoked} grants revoked (a reused refresh token revokes its grant)",
         f"versions after the run: {dict(sorted(versions.items()))}; statuses: {statuses}; "
         f"connections with refresh failures: {failing:,}; worker logs: {errors}",
         f"CPU during the worker run: {meter.summary()}",
         f"CPU during the bare pool: {bare_meter.summary()}; statuses {bare_statuses}",
-        f"CPU per refresh in the worker run: {worker_cpu / max(rate, 1e-9) * 1000:.1f} ms "
-        f"in the worker processes (Celery included); `refresh_once` alone, sequential in one process against "
-        f"the sandbox at latency 0: {diagnosis['cpu_ms']:.1f} ms CPU, {diagnosis['wall_ms']:.1f} ms wall per call "
-        f"({diagnosis['outcomes']}); its CPU by library: "
-        + format_shares(diagnosis["shares"]),
-        f"the bare pool spends {bare_meter.used.get('bench (this process)', 0.0) / max(bare_rate, 1e-9) * 1000:.1f} ms "
-        "of client CPU per refresh, for comparison",
+        "CPU per refresh, by process (cores used ÷ refreshes a second): worker run "
+        + _per_refresh(meter, rate) + "; bare pool "
+        + _per_refresh(bare_meter, bare_rate, {"bench (this process)": "client"}),
+        f"the drain is CPU-bound on these 2 shared cores, so the ratio to the bare pool can reach at most its CPU "
+        f"per refresh ÷ the worker run's (sandbox, database and Redis included): {ceiling:.2f} in this run",
+        _profile_note(profile, workers[0].name),
         "double refreshes = successful sandbox refreshes beyond one per connection + connections whose "
         "version moved by 2 or more + grants the sandbox revoked for reuse",
         "Caveat: workers, the sandbox, PostgreSQL, Redis and the bench share 2 cores; the CPU figures "
@@ -255,12 +261,3 @@ def run(section: Section, quick: bool = False, count: int = 10_000, processes: i
     ]
     if kind == "sqlite" and database != "sqlite":
         section.notes.append("The database was SQLite (no PostgreSQL answered): production runs PostgreSQL.")
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--diagnose":
-        from pathlib import Path
-
-        print(json.dumps(_diagnose_child(json.loads(Path(sys.argv[2]).read_text()))), flush=True)
-    else:
-        raise SystemExit("usage: python -m bench refresh")

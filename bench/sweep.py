@@ -1,9 +1,9 @@
 """Benchmark 3: the cost of one sweep, at two table sizes with 1 % of the connections due.
 
 Connections are loaded into PostgreSQL with COPY (dummy ciphertext: the sweep never decrypts),
-then analysed. The sweep function behind `tokens.sweep_due` (`worker.refresh.sweep`) runs in a
+then analysed. The sweep function behind `tokens.sweep_due` (`worker.sweep.sweep`) runs in a
 child process of its own (so that its peak memory is its own), against the bench's Redis
-database, with a Celery app whose `tokens.refresh_connection` messages are routed to a
+database, with a Celery app whose `tokens.refresh_batch` messages (one per page) are routed to a
 throwaway queue, deleted after each run with the sweep's queued-markers.
 """
 from __future__ import annotations
@@ -210,8 +210,9 @@ def run(section: Section, quick: bool = False, repeats: int = 3, database: str |
             table_size = connection.execute(sa.text(
                 "SELECT pg_size_pretty(pg_total_relation_size('connections'))")).scalar()
             plan = [row[0].strip() for row in connection.execute(sa.text(
-                "EXPLAIN SELECT id, expires_at, lifetime_seconds FROM connections WHERE status = 'active' "
-                "AND expires_at <= now() + interval '600 seconds' ORDER BY expires_at, id LIMIT 1000"))]
+                "EXPLAIN SELECT id, integration_id, expires_at, lifetime_seconds FROM connections "
+                "WHERE status = 'active' AND expires_at <= now() + interval '600 seconds' "
+                "ORDER BY expires_at, id LIMIT 1000"))]
         engine.dispose()
 
     section.setup += [
@@ -220,8 +221,9 @@ def run(section: Section, quick: bool = False, repeats: int = 3, database: str |
         "then `VACUUM ANALYZE`; " + "; ".join(load_notes) + f"; final table with indexes: {table_size}",
         "sweep: `worker.sweep.sweep(runtime, app)` (the function behind `tokens.sweep_due`) in a fresh "
         f"child process, REFRESH_MARGIN_SECONDS={MARGIN_SECONDS}; it claims each due connection's marker and "
-        "queues one `tokens.refresh_batch` message per page of ids (a worker fans each out into "
-        f"`tokens.refresh_connection` tasks); its Celery app routes them to the throwaway queue `{THROWAWAY_QUEUE}` "
+        "queues one `tokens.refresh_batch` message per page of ids, with each one's integration (a worker "
+        "cuts each into chunks of one provider host); its Celery app routes them to the throwaway queue "
+        f"`{THROWAWAY_QUEUE}` "
         "(deleted after each run, with the sweep's `refresh-queued:*` markers, so every run queues every due "
         "connection)",
         f"each size: {repeats} timed runs (median reported, all in the notes), then one run with the "

@@ -2,8 +2,8 @@
 
 Tenants name the URLs the workers call (token, revocation and webhook URLs), so
 without a guard a tenant could make the service call its own network (SSRF). The
-rules, applied alike when a URL is saved (`validate_url`) and on every call (the
-transport adapter of `http_session`):
+rules, applied alike when a URL is saved (`validate_url`) and on every call (`post`,
+and the transport adapter of `http_session`):
 
 - a URL is parsed once, by urllib3's parser, the one requests connects with;
   userinfo, backslashes, whitespace, control characters and numeric host forms
@@ -25,6 +25,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -33,10 +34,12 @@ from urllib3._collections import RecentlyUsedContainer
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import (
     ConnectTimeoutError,
+    HTTPError,
     LocationParseError,
     NewConnectionError,
 )
-from urllib3.util import Url, parse_url
+from urllib3.exceptions import TimeoutError as SlowAnswer
+from urllib3.util import Timeout, Url, parse_url
 from urllib3.util.connection import create_connection
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -230,12 +233,13 @@ class _PinnedHTTPSPool(HTTPSConnectionPool):
 
 class PinnedAdapter(HTTPAdapter):
     """A transport adapter that checks every request's URL under its rules, resolves the
-    name once, and sends through a pool whose connections open to that address."""
+    name once, and sends through a pool whose connections open to that address; `post`
+    takes its pools straight from it."""
 
     def __init__(self, rules: Rules) -> None:
         self.rules = rules
-        self._pools: RecentlyUsedContainer[tuple[str, str, int, str], HTTPConnectionPool] = RecentlyUsedContainer(
-            POOLS_KEPT, dispose_func=lambda pool: pool.close())
+        self._pools: RecentlyUsedContainer[tuple[str, str, int, str, bool | str | None], HTTPConnectionPool] = (
+            RecentlyUsedContainer(POOLS_KEPT, dispose_func=lambda pool: pool.close()))
         self._pools_lock = threading.Lock()
         super().__init__(pool_connections=1, pool_maxsize=4, max_retries=0)
 
@@ -243,20 +247,24 @@ class PinnedAdapter(HTTPAdapter):
                                         proxies: Mapping[str, str] | None = None,
                                         cert: Any = None) -> HTTPConnectionPool:
         """The pool for the request's checked address (requests calls this for every send)."""
-        parts = parse(request.url or "", self.rules.require_https)
+        return self.pool_for(parse(request.url or "", self.rules.require_https), verify)
+
+    def pool_for(self, parts: Url, verify: bool | str | None) -> HTTPConnectionPool:
+        """The pool of the URL's host at the address its name resolves to now (resolved once
+        per call, and refused unless the rules allow it); its connections are kept alive."""
         address = str(pin(parts, self.rules))
         scheme, host = parts.scheme or "http", parts.host or ""
         port = parts.port or (443 if scheme == "https" else 80)
-        key = (scheme, host, port, address)
+        key = (scheme, host, port, address, verify)
         with self._pools_lock:
             pool = self._pools.get(key)
             if pool is None:
-                pool = self._new_pool(scheme, host, port, address, verify, cert)
+                pool = self._new_pool(scheme, host, port, address, verify)
                 self._pools[key] = pool
         return pool
 
-    def _new_pool(self, scheme: str, host: str, port: int, address: str, verify: bool | str | None,
-                  cert: Any) -> HTTPConnectionPool:
+    def _new_pool(self, scheme: str, host: str, port: int, address: str,
+                  verify: bool | str | None) -> HTTPConnectionPool:
         if scheme == "http":
             return _PinnedHTTPPool(host, port, maxsize=4, block=False, pinned_address=address)
         kwargs: dict[str, Any] = {"cert_reqs": "CERT_REQUIRED" if verify is not False else "CERT_NONE"}
@@ -274,6 +282,15 @@ class PinnedAdapter(HTTPAdapter):
 _local = threading.local()
 
 
+def _adapter(rules: Rules) -> PinnedAdapter:
+    """The thread's adapter for calls under these rules (its pools keep their connections alive)."""
+    adapters: dict[Rules, PinnedAdapter] = _local.__dict__.setdefault("adapters", {})
+    adapter = adapters.get(rules)
+    if adapter is None:
+        adapter = adapters[rules] = PinnedAdapter(rules)
+    return adapter
+
+
 def http_session(rules: Rules) -> requests.Session:
     """The thread's pooled session for calls under these rules: pinned addresses, and no
     proxies or netrc from the environment. Send through `post`, which never follows redirects."""
@@ -282,29 +299,61 @@ def http_session(rules: Rules) -> requests.Session:
     if session is None:
         session = sessions[rules] = requests.Session()
         session.trust_env = False
-        adapter = PinnedAdapter(rules)
+        adapter = _adapter(rules)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
     return session
 
 
-def post(url: str, rules: Rules, *, timeout: float, data: Any = None, json: Any = None,
+class Unreachable(Exception):
+    """No answer: the connection could not be made, or broke, or TLS failed."""
+
+
+class TimedOut(Unreachable):
+    """No answer in time: connecting, the first byte, or the whole answer by the deadline."""
+
+
+def post(url: str, rules: Rules, *, timeout: float, data: Mapping[str, str] | bytes | None = None,
          headers: Mapping[str, str] | None = None, verify: bool | str = True) -> Answer:
-    """POST once under the rules. Connecting and the first byte of the answer are each
-    bounded by `timeout`, and the whole answer must have arrived `timeout` after the
-    start, so a call lasts at most about twice the timeout. Raises ForbiddenAddress,
-    AnswerTooLarge, or requests' exceptions (`requests.Timeout` for the deadline)."""
+    """POST once under the rules: a form (`data` as a mapping) or raw bytes, straight through
+    the thread's pinned pool (no proxies, no redirects followed, no retries). Connecting and
+    the first byte of the answer are each bounded by `timeout`, and the whole answer must
+    have arrived `timeout` after the start, so a call lasts at most about twice the timeout.
+    Raises ForbiddenAddress, AnswerTooLarge, TimedOut or Unreachable."""
     deadline = time.monotonic() + timeout
-    parse(url, rules.require_https)  # the raw URL, before requests normalizes anything
-    with http_session(rules).post(url, data=data, json=json, headers=dict(headers or {}),
-                                  timeout=(timeout, timeout), allow_redirects=False, stream=True,
-                                  verify=verify) as response:
-        body = bytearray()
+    parts = parse(url, rules.require_https)
+    sent = {"Accept-Encoding": "gzip, deflate", "Accept": "*/*", **(headers or {})}
+    if isinstance(data, Mapping):
+        body: bytes | None = urlencode(list(data.items())).encode()
+        sent.setdefault("Content-Type", "application/x-www-form-urlencoded")
+    else:
+        body = data
+    try:
+        response = _adapter(rules).pool_for(parts, verify).urlopen(
+            "POST", parts.request_uri, body=body, headers=sent, retries=False, redirect=False,
+            assert_same_host=False, timeout=Timeout(connect=timeout, read=timeout), preload_content=False,
+            decode_content=True)
+    except NewConnectionError as error:  # refused or unroutable (urllib3 files it under timeouts)
+        raise Unreachable(f"no answer: {type(error).__name__}: {error}") from error
+    except (SlowAnswer, TimeoutError) as error:
+        raise TimedOut(f"no answer in time: {type(error).__name__}") from error
+    except (HTTPError, OSError) as error:
+        raise Unreachable(f"no answer: {type(error).__name__}: {error}") from error
+    try:
+        body_read = bytearray()
         # read1 returns whatever has arrived, so the deadline is checked as bytes come.
-        while chunk := response.raw.read1(16384, decode_content=True):
-            body += chunk
-            if len(body) > MAX_BODY_BYTES:
-                raise AnswerTooLarge(response.status_code)
+        while chunk := response.read1(16384, decode_content=True):
+            body_read += chunk
+            if len(body_read) > MAX_BODY_BYTES:
+                raise AnswerTooLarge(response.status)
             if time.monotonic() > deadline:
-                raise requests.Timeout("the answer did not arrive in time")
-        return Answer(response.status_code, response.headers, bytes(body))
+                raise TimedOut("the answer did not arrive in time")
+    except (SlowAnswer, TimeoutError) as error:
+        raise TimedOut(f"the answer stopped coming: {type(error).__name__}") from error
+    except (HTTPError, OSError) as error:
+        raise Unreachable(f"the answer broke off: {type(error).__name__}: {error}") from error
+    finally:
+        # Read to its end, the connection went back to the pool already; cut short, it is closed.
+        response.close()
+        response.release_conn()
+    return Answer(response.status, response.headers, bytes(body_read))

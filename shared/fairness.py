@@ -59,16 +59,6 @@ redis.call('PEXPIRE', KEYS[1], 10 * tonumber(ARGV[2]))
 return failures
 """
 
-_ROOM = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local open_until = tonumber(redis.call('HGET', KEYS[2], 'open_until') or '0')
-if open_until > now then return open_until - now end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then return 0 end
-return -1
-"""
-
 
 def host_of(url: str) -> str:
     """`host:port` of a URL, as the HTTP client will connect to it."""
@@ -163,15 +153,6 @@ class Gate:
     def __init__(self, client: redis.Redis, limit: int, breaker_seconds: float, lease_seconds: float) -> None:
         self.slots = HostSlots(client, limit, lease_seconds)
         self.breaker = Breaker(client, breaker_seconds, lease_seconds)
-        self._room = client.register_script(_ROOM)
-
-    def wait_before(self, host: str) -> float:
-        """0 when a call to `host` could go now; otherwise about how long to wait (one
-        round trip, nothing taken: a cheap look before any lock or read)."""
-        waited = int(self._room(keys=[HostSlots.key(host), Breaker.keys(host)[0]], args=[self.slots.limit]))
-        if waited < 0:
-            return SLOT_WAIT_SECONDS
-        return min(waited / 1000, LONGEST_DEFERRAL_SECONDS)
 
     def admit(self, host: str, wanted: int, breaker: bool = True) -> tuple[list[str], float]:
         """Leases for up to `wanted` calls now, and how long the others should wait.
@@ -192,14 +173,24 @@ class Gate:
             self.breaker.record(host, alive, failed)
 
 
-TURN_SECONDS = 5.0  # a waiting turn that no finished call wakes goes by itself after this
+TURN_SECONDS = 5.0  # a turn at the head of its line that no finished call wakes goes by itself after this
+TURN_STEP_SECONDS = 0.25  # and each turn ahead of it in line adds this much (the line moves faster)
+LONGEST_TURN_SECONDS = 120.0
+TURN_KEPT_SECONDS = 600  # a turn's payload and its host's line outlive the longest wait for a turn
+
+
+def patience(position: int) -> float:
+    """How long the turn at `position` (1: the head) of its line waits before going by itself."""
+    return min(TURN_SECONDS + (position - 1) * TURN_STEP_SECONDS, LONGEST_TURN_SECONDS)
 
 
 class Turns:
     """Refreshes waiting for a host's slots, woken in order as calls finish, so a freed slot
     is taken at once instead of when a poll comes round. Each turn is also queued to go
-    by itself after `TURN_SECONDS`, should nothing wake it (a worker died holding slots);
-    whichever comes first takes the turn's payload, so it runs once."""
+    by itself, should nothing wake it (a worker died holding slots), after `patience`: the
+    longer its line, the later, so that a long line that keeps moving is not churned by
+    turns leaving it and queueing again at its end. Whichever comes first takes the
+    turn's payload, so it runs once."""
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
@@ -208,16 +199,17 @@ class Turns:
     def _keys(host: str, turn: str) -> tuple[str, str]:
         return f"provider-waiting:{host}", f"provider-turn:{turn}"
 
-    def wait(self, host: str, payload: str) -> str:
-        """Queue a turn for `host` carrying `payload` (connection ids only); answer its id."""
+    def wait(self, host: str, payload: str) -> tuple[str, float]:
+        """Queue a turn for `host` carrying `payload` (connection ids only); answer its id and
+        how long it should wait before going by itself."""
         turn = secrets.token_hex(8)
         waiting, key = self._keys(host, turn)
         pipe = self.client.pipeline(transaction=False)
-        pipe.set(key, payload, ex=int(TURN_SECONDS * 10))
+        pipe.set(key, payload, ex=TURN_KEPT_SECONDS)
         pipe.rpush(waiting, turn)
-        pipe.expire(waiting, int(TURN_SECONDS * 10))
-        pipe.execute()
-        return turn
+        pipe.expire(waiting, TURN_KEPT_SECONDS)
+        _, position, _ = pipe.execute()
+        return turn, patience(int(position))
 
     def wake(self, host: str, count: int) -> list[str]:
         """Take up to `count` waiting turns of `host`; answer their payloads."""

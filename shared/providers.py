@@ -11,7 +11,6 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-import requests
 from urllib3.util import parse_url
 
 from shared import egress
@@ -159,12 +158,13 @@ def post(url: str, rules: Rules, body: dict[str, str] | bytes, headers: dict[str
         outcome = "too_large"
         raise ProviderError("invalid_response: answer too large", status=error.status,
                             error="invalid_response") from None
-    except requests.Timeout as error:
+    except egress.TimedOut as error:
         outcome = "timeout"
         raise ProviderError(f"timeout after {timeout:g}s", error="timeout") from error
-    except requests.RequestException as error:
+    except egress.Unreachable as error:
         outcome = "connection_error"
-        raise ProviderError(f"connection error: {type(error).__name__}", error="connection_error") from error
+        raise ProviderError(f"connection error: {type(error.__cause__).__name__}",
+                            error="connection_error") from error
     finally:
         PROVIDER_CALLS.labels(host, outcome).inc()
 

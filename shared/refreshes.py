@@ -67,13 +67,22 @@ def finish(client: redis.Redis, connection_id: str) -> None:
     pipe.execute()
 
 
+# KEYS: the markers of the connections finished, then of those kept; ARGV: the channel,
+# each connection's id, then each kept marker's seconds. Every id is published.
+_SETTLE = """
+local n = #KEYS
+local finished = n - (#ARGV - 1 - n)
+for i, key in ipairs(KEYS) do
+  if i <= finished then redis.call('DEL', key)
+  else redis.call('SET', key, 1, 'EX', ARGV[1 + n + i - finished]) end
+  redis.call('PUBLISH', ARGV[1], ARGV[1 + i])
+end
+"""
+
+
 def settle(client: redis.Redis, finished: Iterable[str], kept: dict[str, float]) -> None:
     """`finish` and `keep_queued` for many connections in one round trip."""
-    pipe = client.pipeline(transaction=False)
-    for connection_id in finished:
-        pipe.delete(queued_key(connection_id))
-        pipe.publish(UPDATES_CHANNEL, connection_id)
-    for connection_id, seconds in kept.items():
-        pipe.set(queued_key(connection_id), 1, ex=max(1, round(seconds)))
-        pipe.publish(UPDATES_CHANNEL, connection_id)
-    pipe.execute()
+    ids = [*finished, *kept]
+    if ids:
+        client.register_script(_SETTLE)(keys=[queued_key(cid) for cid in ids], args=[
+            UPDATES_CHANNEL, *ids, *(max(1, round(seconds)) for seconds in kept.values())])

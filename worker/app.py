@@ -9,7 +9,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready
 
 from shared.config import get_settings
 from shared.queue import PRUNE_HISTORY, REQUEUE_WEBHOOKS, REVOKE_LEFTOVERS, SWEEP_DUE, WEBHOOK_QUEUE, celery_config
@@ -87,6 +87,13 @@ def runtime() -> Runtime:
         if _runtime is None:
             _runtime = build_runtime(get_settings(), celery)
         return _runtime
+
+
+@worker_ready.connect
+def _build_runtime(**_: Any) -> None:
+    """Build the runtime (and import what it needs) once the worker is up, so the first
+    task does not pay for it."""
+    runtime()
 
 
 @worker_process_init.connect

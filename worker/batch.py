@@ -1,9 +1,12 @@
 """`refresh_batch`: a sweep page refreshed together.
 
-A page is cut into chunks of `CHUNK` connections, one message each, so that every
-worker process takes a share. A chunk then costs one lock pipeline, one `SELECT`, a
-burst of concurrent provider calls (each host's share bounded by its free slots and
-its breaker), and one transaction that writes every answer fenced, with the events.
+The sweep sends a page with each connection's integration; the page is cut into chunks
+of at most `CHUNK` connections of one provider host (a route), one message each, so that
+every worker process takes a share. A chunk first takes its host's free slots (one round
+trip; with none, it waits for its turn having locked and read nothing), then costs one
+script call for its locks, one `SELECT`, a burst of concurrent provider calls, one
+transaction that writes every answer fenced (one statement on PostgreSQL), with the
+events, and one script call that releases the locks and settles the markers.
 
 Single flight and fencing stay per connection: the locks are the same `refresh:{id}`
 locks `refresh_connection` takes, re-read under the lock, and each write is fenced by
@@ -19,13 +22,14 @@ import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from celery import Celery
 from sqlalchemy import select
 
 from shared import refreshes
-from shared.fairness import SLOT_WAIT_SECONDS, TURN_SECONDS, Turns, counts_against_host, host_of
-from shared.integrations import oauth_client
+from shared.fairness import SLOT_WAIT_SECONDS, Turns, counts_against_host, host_of
+from shared.integrations import oauth_client, server_urls
 from shared.locks import release_refresh_locks, take_refresh_locks
 from shared.models import Connection, Integration, utcnow
 from shared.providers import OAuthClient, ProviderError, TokenSet
@@ -63,15 +67,34 @@ def _calls() -> ThreadPoolExecutor:
         return _pool
 
 
+@dataclass(frozen=True)
+class Route:
+    """Where a chunk's calls go: the provider host, and whether its breaker guards them."""
+
+    host: str
+    breaker: bool
+
+    def kwargs(self) -> dict[str, Any]:
+        """How a queued chunk names its route."""
+        return {"host": self.host, "breaker": self.breaker}
+
+
 @dataclass
 class Call:
     """One connection of a chunk on its way to the provider, and its answer."""
 
     connection: Connection
     client: OAuthClient
-    host: str
-    breaker: bool
+    route: Route
     answer: TokenSet | ProviderError | None = None
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """Slots a chunk took for its route before any lock or read."""
+
+    route: Route
+    leases: list[str]
 
 
 def _post(rt: Runtime, call: Call) -> Call:
@@ -85,35 +108,38 @@ def _post(rt: Runtime, call: Call) -> Call:
     return call
 
 
-def refresh_chunk(rt: Runtime, app: Celery, connection_ids: list[str], deferrals: int = 0) -> Counter[str]:
+def refresh_chunk(rt: Runtime, app: Celery, connection_ids: list[str],
+                  admitted: Admitted | None = None) -> Counter[str]:
     """Refresh a chunk of connections that the sweep claimed, and settle each one's marker;
-    answers how many ended each way. Connections whose host had no free slot go again at
-    once while others of the chunk could go (the task is working, not waiting); when
-    none could, they are queued again for later, holding no thread meanwhile."""
+    answers how many ended each way. `admitted`: slots taken already for the chunk's route.
+    Connections whose host had no free slot go again at once while others of the chunk
+    could go (the task is working, not waiting); when none could, they are queued again
+    for later, holding no thread meanwhile."""
     outcomes: Counter[str] = Counter()
     while True:
-        went, deferred, wait = _refresh_once(rt, app, connection_ids, outcomes)
+        went, deferred, wait = _refresh_once(rt, app, connection_ids, outcomes, admitted)
         if not deferred:
             return outcomes
         if not went:
-            for host, ids in deferred.items():
-                defer(rt, app, ids, host, wait, deferrals)
+            for route, ids in deferred.items():
+                defer(rt, app, ids, route, wait)
                 outcomes["deferred"] += len(ids)
             return outcomes
-        connection_ids = [cid for ids in deferred.values() for cid in ids]
+        connection_ids, admitted = [cid for ids in deferred.values() for cid in ids], None
 
 
-def defer(rt: Runtime, app: Celery, connection_ids: list[str], host: str, wait: float, deferrals: int) -> None:
-    """Queue connections of one host again. Waiting for a slot (`wait` of `SLOT_WAIT_SECONDS`
-    or less), they take a turn that the next call to finish at that host wakes; waiting for
-    its breaker, they go when it is due to let a probe through."""
+def defer(rt: Runtime, app: Celery, connection_ids: list[str], route: Route, wait: float) -> None:
+    """Queue connections of one route again. Waiting for a slot (`wait` of `SLOT_WAIT_SECONDS`
+    or less), they take a turn in the host's line, which calls finishing at that host wake
+    in order (or which goes by itself, the later the longer the line); waiting for its
+    breaker, they go when it is due to let a probe through."""
     if wait <= SLOT_WAIT_SECONDS:
-        turn = Turns(rt.redis).wait(host, json.dumps({"ids": connection_ids, "deferrals": deferrals + 1}))
-        app.send_task(REFRESH_BATCH, args=[connection_ids],
-                      kwargs={"deferrals": deferrals + 1, "host": host, "turn": turn},
-                      countdown=TURN_SECONDS * random.uniform(0.8, 1.2), ignore_result=True)
+        turn, patience = Turns(rt.redis).wait(route.host, json.dumps({"ids": connection_ids,
+                                                                      "breaker": route.breaker}))
+        app.send_task(REFRESH_BATCH, args=[connection_ids], kwargs={**route.kwargs(), "turn": turn},
+                      countdown=patience * random.uniform(0.8, 1.2), ignore_result=True)
         return
-    app.send_task(REFRESH_BATCH, args=[connection_ids], kwargs={"deferrals": deferrals + 1, "host": host},
+    app.send_task(REFRESH_BATCH, args=[connection_ids], kwargs=route.kwargs(),
                   countdown=wait * random.uniform(1.0, 1.2), ignore_result=True)
 
 
@@ -121,15 +147,16 @@ def wake(rt: Runtime, app: Celery, host: str, released: int) -> None:
     """Send the turns that `released` freed slots of `host` make room for, oldest first."""
     for payload in Turns(rt.redis).wake(host, max(1, round(released / CHUNK))):
         turn = json.loads(payload)
-        app.send_task(REFRESH_BATCH, args=[turn["ids"]], kwargs={"deferrals": turn["deferrals"]},
+        app.send_task(REFRESH_BATCH, args=[turn["ids"]], kwargs=Route(host, turn.get("breaker", True)).kwargs(),
                       ignore_result=True)
 
 
-def _refresh_once(rt: Runtime, app: Celery, connection_ids: list[str],
-                  outcomes: Counter[str]) -> tuple[int, dict[str, list[str]], float]:
-    """One pass: lock, read, call whatever the hosts admit, write, settle. Answers how many
-    calls went, the connections left for later (their locks released, markers kept) and
-    how long their hosts ask them to wait."""
+def _refresh_once(rt: Runtime, app: Celery, connection_ids: list[str], outcomes: Counter[str],
+                  admitted: Admitted | None) -> tuple[int, dict[Route, list[str]], float]:
+    """One pass: lock, read, call whatever the hosts admit (or `admitted` took already),
+    write, settle. Answers how many calls went, the connections left for later (their locks
+    released, markers kept) and how long their hosts ask them to wait."""
+    hosts = gate(rt)
     held = take_refresh_locks(rt.redis, connection_ids, rt.settings.refresh_lock_ttl)
     busy = [cid for cid in connection_ids if cid not in held]
     for connection_id in busy:
@@ -137,43 +164,54 @@ def _refresh_once(rt: Runtime, app: Celery, connection_ids: list[str],
         app.send_task(REFRESH_CONNECTION, args=[connection_id], countdown=random.uniform(0.5, 1.5),
                       ignore_result=True)
     outcomes["lock_busy"] += len(busy)
-    if not held:
-        return 0, {}, 0.0
-    with rt.db.session() as session:
-        rows = session.execute(select(Connection, Integration).join(Integration)
-                               .where(Connection.id.in_(list(held)))).all()
+    rows = _read(rt, list(held)) if held else []
     settled: dict[str, Outcome] = {cid: Outcome("not_needed") for cid in held}
     due = [row for row in rows if needs_refresh(row.Connection, None, rt.settings.refresh_margin_seconds)]
     without_token = [row.Connection for row in due if not row.Connection.refresh_token_enc]
-    by_host: dict[str, list[Call]] = {}
+    by_route: dict[Route, list[Call]] = {}
+    clients: dict[str, tuple[OAuthClient, Route]] = {}  # integration id → its client and route
     for row in due:
         if row.Connection.refresh_token_enc:
-            client = oauth_client(rt, row.Integration)
-            call = Call(row.Connection, client, host_of(client.token_url), uses_breaker(row.Integration))
-            by_host.setdefault(call.host, []).append(call)
-    hosts = gate(rt)
-    admitted: dict[str, tuple[list[Call], list[str]]] = {}  # host → its calls that go now, their leases
-    deferred: dict[str, list[str]] = {}  # host → connections left for later
+            if row.Integration.id not in clients:
+                client = oauth_client(rt, row.Integration)
+                clients[row.Integration.id] = (client, Route(host_of(client.token_url), uses_breaker(row.Integration)))
+            call = Call(row.Connection, *clients[row.Integration.id])
+            by_route.setdefault(call.route, []).append(call)
+    going_by_route: dict[Route, tuple[list[Call], list[str]]] = {}  # its calls that go now, their leases
+    deferred: dict[Route, list[str]] = {}  # connections left for later
     wait = 0.0
-    for host, calls in by_host.items():
-        leases, host_wait = hosts.admit(host, len(calls), calls[0].breaker)
-        admitted[host] = (calls[:len(leases)], leases)
+    if admitted is not None and admitted.route not in by_route:
+        hosts.done(admitted.route.host, admitted.leases, 0, 0, breaker=False)  # nothing to call there after all
+    for route, calls in by_route.items():
+        if admitted is not None and route == admitted.route:
+            leases, host_wait = admitted.leases[:len(calls)], SLOT_WAIT_SECONDS
+            hosts.done(route.host, admitted.leases[len(calls):], 0, 0, breaker=False)  # slots not needed
+        else:
+            leases, host_wait = hosts.admit(route.host, len(calls), route.breaker)
+        going_by_route[route] = (calls[:len(leases)], leases)
         if len(leases) < len(calls):
-            deferred[host] = [call.connection.id for call in calls[len(leases):]]
+            deferred[route] = [call.connection.id for call in calls[len(leases):]]
             wait = max(wait, host_wait)
-    going = [call for calls, _ in admitted.values() for call in calls]
+    going = [call for calls, _ in going_by_route.values() for call in calls]
     try:
         _write(rt, list(_calls().map(lambda call: _post(rt, call), going)), without_token, settled)
     finally:
-        for host, (calls, leases) in admitted.items():
+        for route, (calls, leases) in going_by_route.items():
             failed = sum(1 for c in calls if isinstance(c.answer, ProviderError) and counts_against_host(c.answer))
-            hosts.done(host, leases, len(calls) - failed, failed, by_host[host][0].breaker)
+            hosts.done(route.host, leases, len(calls) - failed, failed, route.breaker)
             if leases:
-                wake(rt, app, host, len(leases))
+                wake(rt, app, route.host, len(leases))
         settled.update({cid: Outcome("deferred", defer_in=wait) for ids in deferred.values() for cid in ids})
         _settle(rt, app, held, settled)
     outcomes.update(outcome.name for outcome in settled.values() if outcome.defer_in is None)
     return len(going), deferred, wait
+
+
+def _read(rt: Runtime, connection_ids: list[str]) -> list[Any]:
+    """The locked connections with their integrations, in one SELECT."""
+    with rt.db.session() as session:
+        return list(session.execute(select(Connection, Integration).join(Integration)
+                                    .where(Connection.id.in_(connection_ids))).all())
 
 
 def _write(rt: Runtime, answered: list[Call], without_token: list[Connection], settled: dict[str, Outcome]) -> None:
@@ -185,9 +223,9 @@ def _write(rt: Runtime, answered: list[Call], without_token: list[Connection], s
         written = fenced_update_many(session, [
             (call.connection.id, call.connection.version, refreshed_values(rt, call.answer, now))
             for call in refreshed if isinstance(call.answer, TokenSet)])
+        record_success_events(session, [call.connection for call in refreshed if call.connection.id in written])
         for call in refreshed:
             if call.connection.id in written:
-                record_success_events(session, call.connection)
                 settled[call.connection.id] = Outcome("refreshed")
             else:
                 log.warning("refresh of %s lost its lock: a newer write won, this answer is dropped",
@@ -217,25 +255,55 @@ def _settle(rt: Runtime, app: Celery, held: dict[str, str], settled: dict[str, O
                           producer=producer, ignore_result=True)
 
 
+def _by_route(rt: Runtime, connection_ids: list[str], integrations: list[str] | None) -> dict[Route | None, list[str]]:
+    """The connections grouped by the route their refresh calls take, from each one's
+    integration (one SELECT of the page's few integrations); None where it is not known."""
+    integration_of = dict(zip(connection_ids, integrations or [], strict=bool(integrations)))
+    with rt.db.session() as session:
+        routes = {integration.id: Route(host_of(server_urls(rt.settings, integration)[0]), uses_breaker(integration))
+                  for integration in session.scalars(select(Integration).where(
+                      Integration.id.in_(set(integration_of.values()))))}
+    grouped: dict[Route | None, list[str]] = {}
+    for connection_id in connection_ids:
+        grouped.setdefault(routes.get(integration_of.get(connection_id, "")), []).append(connection_id)
+    return grouped
+
+
+def _cut(app: Celery, grouped: dict[Route | None, list[str]]) -> int:
+    """Queue a page's chunks, each of one route and naming it; answers how many."""
+    chunks = 0
+    with app.producer_or_acquire() as producer:
+        for route, ids in grouped.items():
+            for start in range(0, len(ids), CHUNK):
+                app.send_task(REFRESH_BATCH, args=[ids[start:start + CHUNK]], kwargs=route.kwargs() if route else {},
+                              producer=producer, ignore_result=True)
+                chunks += 1
+    return chunks
+
+
 @celery.task(name=REFRESH_BATCH, bind=True)
-def refresh_batch(self: KeeperTask, connection_ids: list[str], deferrals: int = 0, host: str | None = None,
-                  turn: str | None = None) -> dict[str, int]:
-    """Refresh the connections of a sweep page (cut into chunks first). Running twice is
-    harmless: each connection is re-checked under its lock. A chunk deferred for its `host`
-    runs only if no finished call woke its `turn` first, and looks whether the host has
-    room (one round trip) before any lock or read."""
+def refresh_batch(self: KeeperTask, connection_ids: list[str], host: str | None = None, breaker: bool = True,
+                  turn: str | None = None, integrations: list[str] | None = None) -> dict[str, int]:
+    """Refresh the connections of a sweep page (with each one's integration), cut first into
+    chunks of one route each. Running twice is harmless: each connection is re-checked
+    under its lock. A chunk that names its `host` takes that host's slots (one round trip)
+    before any lock or read, and waits for its turn when there are none; a chunk deferred
+    with a `turn` runs only if no finished call woke that turn first."""
     rt = self.rt
-    if host is not None:
-        if turn is not None and not Turns(rt.redis).take(host, turn):
-            return {"woken_earlier": len(connection_ids)}
-        wait = gate(rt).wait_before(host)
-        if wait:
-            defer(rt, self.app, connection_ids, host, wait, deferrals)
-            return {"deferred": len(connection_ids)}
     if len(connection_ids) > CHUNK:
-        with self.app.producer_or_acquire() as producer:
-            for start in range(0, len(connection_ids), CHUNK):
-                self.app.send_task(REFRESH_BATCH, args=[connection_ids[start:start + CHUNK]],
-                                   kwargs={"deferrals": deferrals}, producer=producer, ignore_result=True)
-        return {"chunks": -(-len(connection_ids) // CHUNK)}
-    return dict(refresh_chunk(rt, self.app, connection_ids, deferrals))
+        return {"chunks": _cut(self.app, _by_route(rt, connection_ids, integrations))}
+    if host is None:
+        return dict(refresh_chunk(rt, self.app, connection_ids))
+    route = Route(host, breaker)
+    if turn is not None and not Turns(rt.redis).take(host, turn):
+        return {"woken_earlier": len(connection_ids)}
+    hosts = gate(rt)
+    leases, wait = hosts.admit(host, len(connection_ids), breaker)
+    if not leases:
+        defer(rt, self.app, connection_ids, route, wait)
+        return {"deferred": len(connection_ids)}
+    try:
+        return dict(refresh_chunk(rt, self.app, connection_ids, Admitted(route, leases)))
+    except BaseException:
+        hosts.slots.release(host, leases)  # whichever the chunk had not given back yet
+        raise

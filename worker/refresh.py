@@ -28,7 +28,7 @@ from shared.providers import ProviderError, TokenSet
 from shared.providers import refresh as post_refresh
 from shared.queue import REFRESH_CONNECTION
 from shared.runtime import Runtime
-from shared.tokens import Failure, classify, fenced_update, needs_refresh, record_event, token_values
+from shared.tokens import Failure, classify, fenced_update, needs_refresh, record_event, record_events, token_values
 from worker.app import celery
 from worker.task import KeeperTask
 
@@ -96,11 +96,15 @@ def refreshed_values(rt: Runtime, tokens: TokenSet, now: datetime) -> dict[str, 
     return {**token_values(tokens, rt.cipher, now), "last_refreshed_at": now}
 
 
-def record_success_events(session: Session, connection: Connection) -> None:
-    """The history of a refresh that landed."""
-    record_event(session, connection, "refreshed")
-    if connection.refresh_failures:
-        record_event(session, connection, "recovered")
+def record_success_events(session: Session, connections: list[Connection]) -> None:
+    """The history of refreshes that landed, in one INSERT: `refreshed`, and `recovered`
+    (with its webhook) after failures."""
+    entries: list[tuple[Connection, str, str | None]] = []
+    for connection in connections:
+        entries.append((connection, "refreshed", None))
+        if connection.refresh_failures:
+            entries.append((connection, "recovered", None))
+    record_events(session, entries)
 
 
 def refresh_once(rt: Runtime, connection_id: str, seen: str | None, retries: int = 0) -> Outcome:
@@ -136,7 +140,7 @@ def refresh_once(rt: Runtime, connection_id: str, seen: str | None, retries: int
             if not fenced_update(session, connection_id, connection.version, refreshed_values(rt, tokens, now)):
                 log.warning("refresh of %s lost its lock: a newer write won, this answer is dropped", connection_id)
                 return Outcome("stale")
-            record_success_events(session, connection)
+            record_success_events(session, [connection])
         return Outcome("refreshed")
     finally:
         hosts.done(host, leases, alive, failed, breaker)

@@ -28,7 +28,7 @@ def sweep(rt: Runtime, app: Celery, batch: int = SWEEP_BATCH) -> int:
     now = utcnow()
     margin = rt.settings.refresh_margin_seconds
     horizon = now + timedelta(seconds=margin)  # no token expiring later than this is due
-    query = (select(Connection.id, Connection.expires_at, Connection.lifetime_seconds)
+    query = (select(Connection.id, Connection.integration_id, Connection.expires_at, Connection.lifetime_seconds)
              .where(Connection.status == "active", Connection.expires_at <= horizon)
              .order_by(Connection.expires_at, Connection.id).limit(batch))
     queued, after = 0, None
@@ -37,12 +37,14 @@ def sweep(rt: Runtime, app: Celery, batch: int = SWEEP_BATCH) -> int:
             page = query.where(tuple_(Connection.expires_at, Connection.id) > after) if after else query
             with rt.db.session() as session:
                 rows = session.execute(page).all()
-            due = [row.id for row in rows if (due_at(row.expires_at, row.lifetime_seconds, margin) or now) <= now]
+            due = {row.id: row.integration_id for row in rows
+                   if (due_at(row.expires_at, row.lifetime_seconds, margin) or now) <= now}
             claimed = refreshes.claim(rt.redis, due)
             if claimed:
-                # One message per page; a worker cuts it into chunks that are
-                # refreshed together (worker/batch.py).
-                app.send_task(REFRESH_BATCH, args=[claimed], producer=producer, ignore_result=True)
+                # One message per page, with each connection's integration; a worker cuts it
+                # into chunks of one provider host each, refreshed together (worker/batch.py).
+                app.send_task(REFRESH_BATCH, args=[claimed], kwargs={"integrations": [due[cid] for cid in claimed]},
+                              producer=producer, ignore_result=True)
                 queued += len(claimed)
             if len(rows) < batch:
                 break

@@ -1,5 +1,5 @@
 """The batch's fenced write on the real database (PostgreSQL when DATABASE_URL names
-one: `UPDATE … FROM (VALUES …) RETURNING`; SQLite otherwise)."""
+one: `UPDATE … FROM unnest(…) RETURNING`; SQLite otherwise)."""
 from __future__ import annotations
 
 from collections.abc import Callable

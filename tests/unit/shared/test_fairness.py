@@ -5,7 +5,18 @@ import time
 
 import fakeredis
 
-from shared.fairness import SLOT_WAIT_SECONDS, Breaker, Gate, HostSlots, counts_against_host, host_of
+from shared.fairness import (
+    LONGEST_TURN_SECONDS,
+    SLOT_WAIT_SECONDS,
+    TURN_SECONDS,
+    TURN_STEP_SECONDS,
+    Breaker,
+    Gate,
+    HostSlots,
+    Turns,
+    counts_against_host,
+    host_of,
+)
 from shared.providers import ProviderError
 
 
@@ -65,11 +76,20 @@ def test_the_breaker_opens_after_failures_in_a_row_and_a_probe_closes_it() -> No
     assert breaker.admit("a:443").calls is None
 
 
-def test_a_look_before_any_work_says_how_long_a_host_wants_waiting() -> None:
+def test_admission_says_how_long_a_host_wants_waiting() -> None:
     client = fakeredis.FakeRedis()
     gate = Gate(client, limit=1, breaker_seconds=10, lease_seconds=30)
-    assert gate.wait_before("a:443") == 0
-    leases, _ = gate.admit("a:443", 1)
-    assert gate.wait_before("a:443") == SLOT_WAIT_SECONDS
+    leases, _ = gate.admit("a:443", 2)
+    assert len(leases) == 1
+    assert gate.admit("a:443", 1) == ([], SLOT_WAIT_SECONDS)
     gate.done("a:443", leases, alive=0, failed=5)
-    assert 9 < gate.wait_before("a:443") <= 10
+    refused, wait = gate.admit("a:443", 1)
+    assert refused == [] and 9 < wait <= 10
+
+
+def test_a_turn_further_down_its_line_waits_longer_before_going_by_itself() -> None:
+    turns = Turns(fakeredis.FakeRedis())
+    waits = [turns.wait("a:443", f"[{n}]")[1] for n in range(600)]
+    assert waits[0] == TURN_SECONDS and waits[1] == TURN_SECONDS + TURN_STEP_SECONDS
+    assert waits == sorted(waits) and waits[-1] == LONGEST_TURN_SECONDS
+    assert turns.wake("a:443", 2) == ["[0]", "[1]"], "woken in the order they queued"

@@ -8,7 +8,7 @@ import pytest
 from redis.exceptions import LockNotOwnedError
 
 from shared import refreshes
-from shared.locks import RefreshLock
+from shared.locks import RefreshLock, release_refresh_locks, take_refresh_locks
 
 
 def test_one_holder_at_a_time() -> None:
@@ -60,3 +60,28 @@ def test_an_asked_for_refresh_is_queued_once_on_the_interactive_queue() -> None:
     assert celery.sent == [("tokens.refresh_connection", ["conn_1"], {"seen": "never"}, "interactive")]
     refreshes.keep_queued(redis, "conn_1", 90)
     assert 85 < redis.ttl(refreshes.queued_key("conn_1")) <= 90
+
+
+def test_many_locks_are_taken_and_released_in_one_round_trip_each_as_one_would_be() -> None:
+    redis = fakeredis.FakeRedis()
+    other = RefreshLock(redis, "b", 5)
+    assert other.acquire()
+    held = take_refresh_locks(redis, ["a", "b", "c"], 5)
+    assert set(held) == {"a", "c"}, "a lock someone holds is not taken"
+    assert 4000 < redis.pttl("refresh:a") <= 5000 and redis.get("refresh:a") == held["a"].encode()
+    redis.set("refresh:c", "the next holder's token")  # c expired and was taken by someone else
+    assert release_refresh_locks(redis, held) == ["c"]
+    assert not redis.exists("refresh:a")
+    assert redis.get("refresh:c") == b"the next holder's token" and other.owned()
+
+
+def test_settling_clears_or_keeps_each_marker_and_announces_every_connection() -> None:
+    redis = fakeredis.FakeRedis()
+    updates = redis.pubsub()
+    updates.subscribe(refreshes.UPDATES_CHANNEL)
+    assert updates.get_message(timeout=1)["type"] == "subscribe"
+    refreshes.claim(redis, ["x", "y", "z"])
+    refreshes.settle(redis, ["x"], {"y": 30.4, "z": 900})
+    assert not redis.exists(refreshes.queued_key("x"))
+    assert redis.ttl(refreshes.queued_key("y")) == 30 and 890 < redis.ttl(refreshes.queued_key("z")) <= 900
+    assert [updates.get_message(timeout=1)["data"] for _ in range(3)] == [b"x", b"y", b"z"]

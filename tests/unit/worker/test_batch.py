@@ -15,7 +15,7 @@ from shared.queue import REFRESH_BATCH, REFRESH_CONNECTION
 from shared.runtime import Runtime
 from shared.tokens import fenced_update
 from tests.unit.worker.conftest import Reply, TokenEndpoint, connections_at, history, stored
-from worker.batch import refresh_chunk
+from worker.batch import CHUNK, Admitted, Route, _by_route, _cut, refresh_chunk
 
 
 class RecordingCelery:
@@ -108,12 +108,12 @@ def test_a_chunk_whose_host_has_no_free_slot_is_queued_again_holding_nothing(wor
     slots = HostSlots(rt.redis, limit=4, lease_seconds=30)
     taken = slots.acquire(host_of(endpoint.url), 4)  # another worker's calls
     celery = RecordingCelery()
-    assert refresh_chunk(rt, celery, ids, deferrals=2)["deferred"] == 3  # type: ignore[arg-type]
+    assert refresh_chunk(rt, celery, ids)["deferred"] == 3  # type: ignore[arg-type]
     assert endpoint.forms == []
     ((name, (later,), options),) = celery.sent
     assert name == REFRESH_BATCH and sorted(later) == sorted(ids)
     turn = options["kwargs"].pop("turn")
-    assert options["kwargs"] == {"deferrals": 3, "host": host_of(endpoint.url)}
+    assert options["kwargs"] == {"host": host_of(endpoint.url), "breaker": True}
     assert 4 <= options["countdown"] <= 6, "a turn goes by itself if nothing wakes it"
     assert all(rt.redis.exists(refreshes.queued_key(cid)) for cid in ids), "still queued: nobody queues them twice"
     assert not any(rt.redis.exists(f"refresh:{cid}") for cid in ids), "no lock held while waiting"
@@ -147,3 +147,41 @@ def test_a_stale_answer_in_a_chunk_is_dropped_and_the_rest_written(worker_runtim
     assert outcomes["stale"] == 1 and outcomes["refreshed"] == 2
     assert rt.cipher.decrypt(stored(rt, ids[0]).access_token_enc or "") == "old-at-0"
     assert history(rt, ids[0]) == [] and history(rt, ids[1]) == ["refreshed"]
+
+
+def test_a_page_is_cut_into_chunks_of_one_host_each_that_name_it(worker_runtime: Runtime,
+                                                                  endpoint: TokenEndpoint) -> None:
+    rt = worker_runtime
+    other = TokenEndpoint()
+    try:
+        first = connections_at(rt, endpoint.url, count=CHUNK + 1)
+        second = connections_at(rt, other.url, count=3)
+        page = [cid for pair in zip(first[:3], second, strict=True) for cid in pair] + first[3:]
+        integrations = [stored(rt, cid).integration_id for cid in page]
+        page.append("conn_of_an_integration_gone")
+        integrations.append("int_gone")
+        celery = RecordingCelery()
+        assert _cut(celery, _by_route(rt, page, integrations)) == 4  # type: ignore[arg-type]
+    finally:
+        other.close()
+    chunks = [(options.get("kwargs", {}), ids) for name, (ids,), options in celery.sent if name == REFRESH_BATCH]
+    first_route, second_route = Route(host_of(endpoint.url), True).kwargs(), Route(host_of(other.url), True).kwargs()
+    assert [(route, len(ids)) for route, ids in chunks] == [
+        (first_route, CHUNK), (first_route, 1), (second_route, 3), ({}, 1)]
+    assert sorted(cid for _, ids in chunks for cid in ids) == sorted(page)
+    assert chunks[2][1] == second and chunks[3][1] == ["conn_of_an_integration_gone"]
+    assert _by_route(rt, page, None) == {None: page}, "a page sent without its integrations is cut as it comes"
+
+
+def test_slots_taken_before_the_locks_are_used_and_those_not_needed_given_back(worker_runtime: Runtime,
+                                                                              endpoint: TokenEndpoint) -> None:
+    rt = worker_runtime  # 4 calls per host
+    due = connections_at(rt, endpoint.url, count=2)
+    fresh = connections_at(rt, endpoint.url, expires_in=3000)
+    route = Route(host_of(endpoint.url), True)
+    slots = HostSlots(rt.redis, limit=4, lease_seconds=30)
+    leases = slots.acquire(route.host, 4)
+    outcomes = refresh_chunk(rt, RecordingCelery(), due + fresh, Admitted(route, leases))  # type: ignore[arg-type]
+    assert outcomes["refreshed"] == 2 and outcomes["not_needed"] == 1 and len(endpoint.forms) == 2
+    assert rt.redis.zcard(HostSlots.key(route.host)) == 0, "every slot given back"
+    assert len(slots.acquire(route.host, 4)) == 4

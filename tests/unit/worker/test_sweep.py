@@ -5,7 +5,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from sqlalchemy import select
+
 from shared import refreshes
+from shared.models import Connection
 from shared.queue import REFRESH_BATCH
 from shared.runtime import Runtime
 from tests.conftest import seed_connections
@@ -17,13 +20,15 @@ class RecordingCelery:
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, list[Any]]] = []
+        self.integrations: list[str] = []
 
     @contextmanager
     def producer_or_acquire(self) -> Iterator[object]:
         yield object()
 
-    def send_task(self, name: str, args: list[Any], **_: Any) -> None:
+    def send_task(self, name: str, args: list[Any], **options: Any) -> None:
         self.sent.append((name, args))
+        self.integrations.extend(options["kwargs"]["integrations"])
 
     def queued(self) -> list[str]:
         """Every connection id queued, in order."""
@@ -40,6 +45,9 @@ def test_only_due_active_connections_are_queued_across_batches(memory_runtime: R
     assert sweep(memory_runtime, celery, batch=3) == len(due)  # type: ignore[arg-type]
     assert sorted(celery.queued()) == sorted(due)
     assert len(celery.sent) == 3, "one message per page: 3 + 3 + 1"
+    with memory_runtime.db.session() as session:
+        integration_of = dict(session.execute(select(Connection.id, Connection.integration_id)).all())
+    assert celery.integrations == [integration_of[cid] for cid in celery.queued()], "each with its integration"
 
 
 def test_a_connection_already_queued_is_not_queued_again(memory_runtime: Runtime) -> None:
