@@ -55,7 +55,8 @@ def run(section: Section, quick: bool = False, concurrency: int = 1000, latency_
                                          expires_at=utcnow() + timedelta(hours=1))
 
         web, base = env.start_web()
-        worker = env.start_worker("bench1", 32)
+        # A sandbox integration calls the sandbox of the service's own base URL: the sandbox's here.
+        worker = env.start_worker("bench1", 32, extra_env={"PUBLIC_BASE_URL": sandbox_base})
         env.wait_workers_ready([worker])
         host = base.removeprefix("http://")
         gen = LoadGenerator("127.0.0.1", int(host.rsplit(":", 1)[1]))
