@@ -5,6 +5,7 @@ from datetime import timedelta
 
 import fakeredis
 import pytest
+from sqlalchemy.orm import Session
 
 from shared.config import Settings, load_settings
 from shared.crypto import Cipher, new_fernet_key
@@ -36,18 +37,24 @@ def memory_runtime() -> Runtime:
     return Runtime(settings=settings, db=db, redis=fakeredis.FakeRedis(), cipher=Cipher(settings.encryption_keys))
 
 
+def seed_integration(session: Session) -> tuple[Tenant, Integration]:
+    """A new tenant with one oauth2 integration, flushed in `session` (ids assigned)."""
+    tenant = Tenant(name="seeded", api_key_hash=new_id("hash"))
+    session.add(tenant)
+    session.flush()
+    integration = Integration(tenant_id=tenant.id, provider="oauth2", client_id="c", client_secret_enc="x",
+                              scopes=[], authorize_url="https://idp.example/a", token_url="https://idp.example/t")
+    session.add(integration)
+    session.flush()
+    return tenant, integration
+
+
 def seed_connections(rt: Runtime, expiring_in: list[int | None], status: str = "active",
                      lifetime: int = 3600) -> list[str]:
     """Connections of a new tenant whose tokens expire in the given seconds (None: never)."""
     now = utcnow()
     with rt.db.session() as session:
-        tenant = Tenant(name="seeded", api_key_hash=new_id("hash"))
-        session.add(tenant)
-        session.flush()
-        integration = Integration(tenant_id=tenant.id, provider="oauth2", client_id="c", client_secret_enc="x",
-                                  scopes=[], authorize_url="https://idp.example/a", token_url="https://idp.example/t")
-        session.add(integration)
-        session.flush()
+        tenant, integration = seed_integration(session)
         rows = [Connection(tenant_id=tenant.id, integration_id=integration.id, end_user_id="u", scopes=[],
                            status=status, lifetime_seconds=lifetime,
                            expires_at=now + timedelta(seconds=s) if s is not None else None) for s in expiring_in]

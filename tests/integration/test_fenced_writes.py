@@ -9,8 +9,9 @@ import pytest
 
 from shared import migrate
 from shared.db import Database
-from shared.models import Connection, Integration, Tenant, new_id, utcnow
+from shared.models import Connection, utcnow
 from shared.tokens import fenced_update_many
+from tests.conftest import seed_integration
 
 pytestmark = pytest.mark.integration
 
@@ -22,13 +23,7 @@ def test_many_fenced_writes_in_one_statement_land_only_where_the_version_still_m
     database = Database(url)
     now = utcnow()
     with database.session() as session:
-        tenant = Tenant(name="t", api_key_hash=new_id("hash"))
-        session.add(tenant)
-        session.flush()
-        integration = Integration(tenant_id=tenant.id, provider="oauth2", client_id="c", client_secret_enc="x",
-                                  scopes=[], authorize_url="https://idp.example/a", token_url="https://idp.example/t")
-        session.add(integration)
-        session.flush()
+        tenant, integration = seed_integration(session)
         rows = [Connection(tenant_id=tenant.id, integration_id=integration.id, end_user_id=f"u{n}", scopes=["old"],
                            access_token_enc=f"at{n}", refresh_token_enc=f"rt{n}", expires_at=now) for n in range(4)]
         session.add_all(rows)

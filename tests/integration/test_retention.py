@@ -18,14 +18,12 @@ from shared.models import (
     Connection,
     ConnectSession,
     Event,
-    Integration,
-    Tenant,
     WebhookDelivery,
     new_id,
     utcnow,
 )
 from shared.runtime import Runtime
-from tests.conftest import make_settings
+from tests.conftest import make_settings, seed_integration
 from worker.retention import prune
 
 pytestmark = pytest.mark.integration
@@ -54,13 +52,7 @@ def test_old_history_is_pruned_in_batches_and_recent_history_stays(rt: Runtime) 
     now = utcnow()
     old, recent = now - timedelta(days=31), now - timedelta(days=29)
     with rt.db.session() as session:
-        tenant = Tenant(name="t", api_key_hash=new_id("hash"))
-        session.add(tenant)
-        session.flush()
-        integration = Integration(tenant_id=tenant.id, provider="oauth2", client_id="c", client_secret_enc="x",
-                                  scopes=[], authorize_url="https://idp.example/a", token_url="https://idp.example/t")
-        session.add(integration)
-        session.flush()
+        tenant, integration = seed_integration(session)
         connection = Connection(tenant_id=tenant.id, integration_id=integration.id, end_user_id="u", scopes=[],
                                 created_at=old)
         session.add(connection)
