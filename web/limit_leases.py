@@ -22,6 +22,9 @@ from limits.storage import Storage
 
 # The largest block of places a process takes at once.
 MAX_BLOCK = 64
+# How many windows a process keeps before it forgets those that are over (it doubles
+# with the live ones, so forgetting stays rare).
+PRUNE_FROM = 10_000
 # A block is at most this fraction of what is left of the window's budget.
 SHARE_OF_REST = 8
 
@@ -65,6 +68,7 @@ class LeasedRedisStorage(Storage):
         self._script = client.register_script(_LEASE)
         self._lock = threading.Lock()
         self._leases: dict[str, _Lease] = {}
+        self._prune_at = PRUNE_FROM
 
     @property
     def base_exceptions(self) -> type[Exception]:
@@ -89,8 +93,9 @@ class LeasedRedisStorage(Storage):
             current = self._leases.get(key)
             if current is None or current.ends <= now or current.upto - current.next < fresh.upto - fresh.next:
                 self._leases[key] = fresh
-            if len(self._leases) > 10_000:  # forget the windows that are over
+            if len(self._leases) > self._prune_at:
                 self._leases = {k: v for k, v in self._leases.items() if v.ends > now}
+                self._prune_at = max(PRUNE_FROM, 2 * len(self._leases))
         return place
 
     def get(self, key: str) -> int:

@@ -10,6 +10,7 @@ import pytest
 from limits import parse
 from limits.strategies import FixedWindowRateLimiter
 
+from web import limit_leases
 from web.limit_leases import MAX_BLOCK, LeasedRedisStorage, limit_of
 
 
@@ -85,3 +86,16 @@ def test_a_new_window_brings_a_new_budget() -> None:
     assert [limiter.hit(item, "k") for _ in range(3)] == [True, True, False]
     time.sleep(1.1)
     assert [limiter.hit(item, "k") for _ in range(3)] == [True, True, False]
+
+
+def test_windows_that_are_over_are_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limit_leases, "PRUNE_FROM", 3)
+    storage = LeasedRedisStorage(client=CountingRedis(server=fakeredis.FakeServer()))
+    limiter = FixedWindowRateLimiter(storage)
+    item = parse("5/second")
+    for key in "abcd":
+        limiter.hit(item, key)
+    time.sleep(1.1)
+    for key in "efghi":
+        limiter.hit(item, key)
+    assert len(storage._leases) == 5  # a–d ended with their window
