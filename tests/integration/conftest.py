@@ -17,12 +17,20 @@ from shared.runtime import build_runtime
 from tests.conftest import make_settings
 from tests.integration.stack import Stack, free_port
 
-TEST_REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "8"))
+
+def _redis_databases(spec: str) -> range:
+    """The Redis databases test stacks may use, from "first-last": two suites that share
+    one Redis server can run at once when each has a range of its own."""
+    first, _, last = spec.partition("-")
+    return range(int(first), int(last or first) + 1)
+
+
+TEST_REDIS_DBS = _redis_databases(os.environ.get("TEST_REDIS_DBS", "8-15"))
 
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    """REDIS_URL's server, or the fallback; test stacks use databases TEST_REDIS_DB and up."""
+    """REDIS_URL's server, or the fallback; test stacks use its databases TEST_REDIS_DBS."""
     local = ensure_redis(os.environ.get("REDIS_URL"))
     try:
         yield local.url
@@ -76,7 +84,7 @@ class StackBuilder:
         self.redis_url = redis_url
         self.new_database = new_database
         self.logs = logs
-        self.free = list(range(TEST_REDIS_DB, 16))
+        self.free = list(TEST_REDIS_DBS)
         self.numbers: dict[int, int] = {}
 
     def build(self, workers: int = 2, web_threads: int = 128, **settings_env: str) -> Stack:

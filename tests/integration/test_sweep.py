@@ -80,6 +80,10 @@ def _sender_and_waiter(beats: list[Process]) -> tuple[Process, Process]:
 def test_due_connections_are_refreshed_before_expiry_once_each_by_one_beat(
         swept: Stack, start_beat: Callable[[str], Process]) -> None:
     stack = swept
+    # The beats sweep before the token is issued, so its 10 s run on the sweep alone and
+    # not on how long two beat processes take to start on a busy machine.
+    beats = [start_beat("beat1"), start_beat("beat2")]
+    wait_for(lambda: any(_sends(beat) >= 1 for beat in beats), timeout=30, what="a beat to send")
     tenant = stack.tenant()
     # `due`: a 10 s token, due after 5 s; the provider then takes 2.5 s to answer,
     # during which several sweeps run and must not queue it again.
@@ -94,7 +98,6 @@ def test_due_connections_are_refreshed_before_expiry_once_each_by_one_beat(
     fresh_client, fresh = other.connected()  # a 1 h token: not due for 50 minutes
     before_refreshes = stack.provider_refreshes(due_client["client_id"])
 
-    beats = [start_beat("beat1"), start_beat("beat2")]
     wait_for(lambda: stack.row(due).version > original.version, timeout=20, interval=0.2,
              what="the sweep to refresh the due connection")
     refreshed = stack.row(due)
