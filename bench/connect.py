@@ -32,6 +32,7 @@ from bench.harness import (
     per_s,
     profile_shares,
     say,
+    stage_times,
     wait_for_quiet,
 )
 from bench.loadgen import LoadGenerator, Request, Result, build_request
@@ -41,6 +42,19 @@ from shared.tenants import create_tenant
 
 TITLE = "Connect flow endpoints vs hello world"
 THROUGHPUT_GOAL = 0.5  # of hello world
+# The stages of the two endpoints, each the cumulative time of the function that is the stage.
+STAGES = {
+    "the Flask app (the whole request but the test client)": ("flask/app.py", "wsgi_app"),
+    "flask-limiter's check": ("flask_limiter/_extension.py", "_check_request_limit"),
+    "the connect view": ("web/connect.py", "start"),
+    "the callback's view": ("web/connect.py", "callback"),
+    "SQL statements (SQLAlchemy, the driver, the round trips)": ("sqlalchemy/engine/base.py", "execute"),
+    "into Redis, encrypted (the state; in the callback, the code)": ("shared/nonces.py", "put"),
+    "the state out of Redis, decrypted": ("shared/nonces.py", "consume"),
+    "PKCE verifier and challenge": ("shared/pkce.py", "s256_challenge"),
+    "the authorize URL": ("shared/providers.py", "build_authorize_url"),
+    "the exchange's Celery message": ("celery/app/base.py", "send_task"),
+}
 P99_GOAL_SECONDS = 0.025  # at the fixed offered rate
 
 
@@ -233,6 +247,12 @@ def run(section: Section, quick: bool = False, levels: tuple[int, ...] = (4, 16,
         f"{diagnosis['callback']['cpu_ms']:.2f} ms, `/healthz` {diagnosis['healthz']['cpu_ms']:.2f} ms. "
         f"By library (CPU-clock profile): `/connect/{{token}}`: {format_shares(diagnosis['connect']['shares'])}; "
         f"`/oauth/callback`: {format_shares(diagnosis['callback']['shares'])}.")
+    for name, label in (("connect", "`/connect/{token}`"), ("callback", "`/oauth/callback`")):
+        stages = diagnosis[name]["stages"]
+        section.notes.append(
+            f"Where {label}'s CPU goes, by stage (ms per request, from the profile scaled to the unprofiled "
+            f"{diagnosis[name]['cpu_ms']:.2f} ms; `/healthz` {diagnosis['healthz']['cpu_ms']:.2f} ms): "
+            + "; ".join(f"{stage} {stages[stage]:.2f}" for stage in STAGES if stages[stage] >= 0.005) + ".")
     section.notes.append(f"Tracebacks in the web's log over the whole run: {tracebacks}; errors: {errors}.")
     section.notes.append(f"{queued:,} `connect.exchange_code` messages were left queued by the callbacks "
                          "and purged.")
@@ -289,6 +309,7 @@ def _diagnose(env: Environment, tenant_id: str, integration_id: str, issuer: str
         more_outputs = [steps(item) if item is not None else steps() for item in more]  # type: ignore[call-arg]
         profile.disable()
         results[name] = {"cpu_ms": cpu_ms, "shares": profile_shares(profile), "outputs": outputs,
+                         "stages": stage_times(profile, STAGES, cpu_ms),
                          "more_outputs": more_outputs}
     return results
 

@@ -285,6 +285,22 @@ def profile_shares(profile: Any) -> dict[str, float]:
     return {name: value / total for name, value in sorted(shares.items(), key=lambda kv: -kv[1])}
 
 
+def stage_times(profile: Any, stages: dict[str, tuple[str, str]], cpu_ms: float) -> dict[str, float]:
+    """CPU per call (ms) of named stages of a CPU-clock cProfile, each a (file suffix, function)
+    whose cumulative time counts (the outermost, where functions of that name nest), scaled from
+    the profile's clock to the unprofiled `cpu_ms` per call (the profiler's own cost spread evenly)."""
+    import pstats
+
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+    total = sum(tottime for (_, _, tottime, _, _) in stats.values()) or 1.0
+    found = dict.fromkeys(stages, 0.0)
+    for (filename, _, function), (_, _, _, cumtime, _) in stats.items():
+        for name, (suffix, wanted) in stages.items():
+            if function == wanted and filename.endswith(suffix):
+                found[name] = max(found[name], cumtime)
+    return {name: seconds / total * cpu_ms for name, seconds in found.items()}
+
+
 def format_shares(shares: dict[str, float]) -> str:
     return ", ".join(f"{name} {share:.0%}" for name, share in shares.items() if share >= 0.005)
 

@@ -112,8 +112,16 @@ def run(section: Section, quick: bool = False, count: int = 5000, seconds: float
     section.add("lapsed: most connections past expiry at once (1 s samples)", f"{lapsed_max:,}", "0",
                 lapsed_max == 0, headline="proactive: connections lapsed (most at once)")
     section.add("refreshes in the run", f"{total:,}")
+    average = total / seconds if seconds else 0.0
+    per_refresh = {name: cores / max(average, 1e-9) * 1000 for name, cores in cpu.used.items() if cores >= 0.005}
+    spent = sum(per_refresh.values())
     section.notes += [
         f"statuses at the end: {statuses}; other events (failures, needs_reauth): {failures}",
         f"CPU over the run: {cpu.summary()}",
+        "CPU per refresh over the run (cores used ÷ refreshes a second), by process: "
+        + ", ".join(f"{name} {value:.2f} ms" for name, value in per_refresh.items())
+        + f" (total {spent:.2f} ms): at that cost 2 cores carry at most {per_s(2000 / max(spent, 1e-9))}, against "
+        f"the {needed:.0f}/s needed; the sandbox provider's own share is "
+        f"{per_refresh.get('sandbox', 0.0):.2f} ms",
         f"errors in the workers' and beat's logs: {errors}",
     ]
