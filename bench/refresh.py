@@ -47,7 +47,7 @@ def _drain(env: Environment, count: int, timeout: float) -> tuple[float, list[tu
         samples.append((elapsed, remaining))
         if remaining == 0 or elapsed > timeout:
             return elapsed, samples
-        time.sleep(0.1)
+        time.sleep(DRAIN_POLL_SECONDS)
 
 
 def _steady_rate(samples: list[tuple[float, int]], count: int) -> float:
@@ -87,6 +87,9 @@ def _bare_pool(sandbox: Sandbox, client: dict, grants: list[Grant], concurrency:
 
 
 # The stages of a refresh in a worker, by the functions on the stack (the first that matches).
+# How often the drain is checked: each check counts the connections still on their first
+# version, which costs the shared cores too, so not too often (±1 % of a 30 s drain).
+DRAIN_POLL_SECONDS = 0.25
 STAGES = {
     "provider call (egress, HTTP, answer checks)": ("_post",),
     "locks (one script call per chunk)": ("take_refresh_locks",),
