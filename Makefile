@@ -48,5 +48,5 @@ compose-check:
 
 ## Remove generated files, including the dev database and its keys under var/ (the venv stays).
 clean:
-	rm -rf var build dist .pytest_cache *.egg-info bench/report*.md
+	rm -rf var build dist .pytest_cache *.egg-info bench/report-*.md
 	find . -name __pycache__ -type d -not -path './.venv/*' -prune -exec rm -rf {} +
