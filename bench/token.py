@@ -214,9 +214,9 @@ def run(section: Section, quick: bool = False, levels: tuple[int, ...] = (16, 64
         "reading the cached row, decrypting the token and writing it as JSON.")
     section.notes.append(_outside_the_app(results["cached"], plain["cpu_ms"], cached_case["cpu_ms"]))
     section.notes.append(
-        "Caveat: the load generator is Python in the bench process, on the same 2 cores as the server "
-        "(and the database and Redis); the ratio to `/healthz` (same generator, same cost per request) is "
-        "the fairer figure.")
+        "Caveat: the Python load generator runs in the bench process, on the same 2 cores as the server (and "
+        "the database and Redis): its figures are the ratio's, not the server's rates (same generator, same "
+        "cost per request); wrk's rows take far less of the cores and judge the goal where wrk is installed.")
 
 
 def _diagnose(env: Environment, api_key: str, ids: list[str], count: int) -> dict[str, dict]:
