@@ -86,10 +86,10 @@ def _bare_pool(sandbox: Sandbox, client: dict, grants: list[Grant], concurrency:
     return len(grants) / elapsed, statuses
 
 
-# The stages of a refresh in a worker, by the functions on the stack (the first that matches).
 # How often the drain is checked: each check counts the connections still on their first
 # version, which costs the shared cores too, so not too often (±1 % of a 30 s drain).
 DRAIN_POLL_SECONDS = 0.25
+# The stages of a refresh in a worker, by the functions on the stack (the first that matches).
 STAGES = {
     "provider call (egress, HTTP, answer checks)": ("_post",),
     "locks (one script call per chunk)": ("take_refresh_locks",),
