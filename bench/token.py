@@ -42,8 +42,9 @@ TITLE = "Token endpoint (not due) vs /healthz"
 THROUGHPUT_GOAL = 0.8  # of /healthz
 DIAGNOSIS_ROUNDS = 5
 # What a request spends in each stage, by the cumulative time of the function that is the stage.
+APP_STAGE = "the Flask app (the whole request but the test client)"
 STAGES = {
-    "the Flask app (the whole request but the test client)": ("flask/app.py", "wsgi_app"),
+    APP_STAGE: ("flask/app.py", "wsgi_app"),
     "flask-limiter's check (the API key's authentication included)": ("flask_limiter/_extension.py",
                                                                      "_check_request_limit"),
     "authentication (hash of the key, the cached tenant)": ("web/auth.py", "authenticate"),
@@ -212,7 +213,8 @@ def run(section: Section, quick: bool = False, levels: tuple[int, ...] = (16, 64
         + f". The token path's difference in the app, {cached_case['cpu_ms'] - plain['cpu_ms']:.3f} ms, is work "
         "`/healthz` does not do: finding the tenant's limit and counting the request, authenticating the key, "
         "reading the cached row, decrypting the token and writing it as JSON.")
-    section.notes.append(_outside_the_app(results["cached"], plain["cpu_ms"], cached_case["cpu_ms"]))
+    section.notes.append(_outside_the_app(results["cached"], plain["stages"][APP_STAGE],
+                                          cached_case["stages"][APP_STAGE]))
     section.notes.append(
         "Caveat: the Python load generator runs in the bench process, on the same 2 cores as the server (and "
         "the database and Redis): its figures are the ratio's, not the server's rates (same generator, same "
@@ -268,7 +270,7 @@ def _diagnose(env: Environment, api_key: str, ids: list[str], count: int) -> dic
 
 def _outside_the_app(data: dict, healthz_app_ms: float, token_app_ms: float) -> str:
     """The web's CPU per request under gunicorn at each endpoint's best level (wrk's runs where
-    there are any), split into the app's share (the in-process figure) and the rest."""
+    there are any), split into the Flask app's share (measured in process) and the rest."""
     runs = data["wrk"] if data["wrk"]["token"] else data["runs"]
     served = {}
     for name, app_ms in (("healthz", healthz_app_ms), ("token", token_app_ms)):
@@ -276,9 +278,9 @@ def _outside_the_app(data: dict, healthz_app_ms: float, token_app_ms: float) -> 
         served[name] = (cpu.used.get("web (gunicorn)", 0.0) / max(best.rate, 1e-9) * 1000, app_ms)
     return ("Per request under gunicorn (caches on, at each endpoint's best level"
             + (", wrk" if data["wrk"]["token"] else "") + "): "
-            + "; ".join(f"{label} {total:.2f} ms of the web's CPU: {app:.2f} of it what the request costs in "
-                        f"process (the app, through Flask's test client), {max(total - app, 0.0):.2f} the rest "
-                        "(gunicorn's HTTP parsing and thread hand-offs, the access log line, the kernel)"
+            + "; ".join(f"{label} {total:.2f} ms of the web's CPU: {app:.2f} of it in the Flask app (measured "
+                        f"in process), {max(total - app, 0.0):.2f} the rest (gunicorn's HTTP parsing and thread "
+                        "hand-offs, the access log line, the kernel)"
                         for label, (total, app) in (("`/healthz`", served["healthz"]),
                                                     ("`GET …/token`", served["token"])))
             + ".")
