@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from urllib.parse import parse_qs, quote, urlsplit
 
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 
+from bench import floors
 from bench.harness import (
     ROOT,
     CPUMeter,
@@ -43,10 +44,11 @@ from shared.tenants import create_tenant
 TITLE = "Connect flow endpoints vs hello world"
 THROUGHPUT_GOAL = 0.5  # of hello world
 P99_GOAL_SECONDS = 0.025  # at the fixed offered rate
+LIMITER_STAGE = "flask-limiter's check"
 # The stages of the two endpoints, each the cumulative time of the function that is the stage.
 STAGES = {
     "the Flask app (the whole request but the test client)": ("flask/app.py", "wsgi_app"),
-    "flask-limiter's check": ("flask_limiter/_extension.py", "_check_request_limit"),
+    LIMITER_STAGE: ("flask_limiter/_extension.py", "_check_request_limit"),
     "the connect view": ("web/connect.py", "start"),
     "the callback's view": ("web/connect.py", "callback"),
     "SQL statements (SQLAlchemy, the driver, the round trips)": ("sqlalchemy/engine/base.py", "execute"),
@@ -212,6 +214,14 @@ def run(section: Section, quick: bool = False, levels: tuple[int, ...] = (4, 16,
 
         say("  where the CPU goes (in-process, Flask's test client)…")
         diagnosis = _diagnose(env, tenant_id, integration_id, issuer, 100 if quick else 300)
+        say("  the floors: each endpoint's required steps, done bare…")
+        link = _insert_sessions(env, tenant_id, integration_id, 1)[0]
+        with rt.db.session() as session:
+            session_id = session.scalar(select(ConnectSession.id).limit(1))
+        assert session_id is not None
+        floor_count = 300 if quick else 2000
+        floor_of = {"connect": floors.connect_floor(rt, digest(link), floor_count),
+                    "callback": floors.callback_floor(rt, session_id, floor_count)}
         log = web.output()
         tracebacks, errors = log.count("Traceback"), error_summary(log)
         queued = rt.redis.llen("celery")
@@ -253,6 +263,9 @@ def run(section: Section, quick: bool = False, levels: tuple[int, ...] = (4, 16,
             f"Where {label}'s CPU goes, by stage (ms per request, from the profile scaled to the unprofiled "
             f"{diagnosis[name]['cpu_ms']:.2f} ms; `/healthz` {diagnosis['healthz']['cpu_ms']:.2f} ms): "
             + "; ".join(f"{stage} {stages[stage]:.2f}" for stage in STAGES if stages[stage] >= 0.005) + ".")
+    hello_ms = hello_ep.best[2].used.get("web (gunicorn)", 0.0) / max(hello_rate, 1e-9) * 1000
+    for name, label in (("connect", "`/connect/{token}`"), ("callback", "`/oauth/callback`")):
+        section.notes.append(_floor_note(label, floor_of[name], diagnosis[name], diagnosis["healthz"], hello_ms))
     section.notes.append(f"Tracebacks in the web's log over the whole run: {tracebacks}; errors: {errors}.")
     section.notes.append(f"{queued:,} `connect.exchange_code` messages were left queued by the callbacks "
                          "and purged.")
@@ -263,6 +276,27 @@ def run(section: Section, quick: bool = False, levels: tuple[int, ...] = (4, 16,
         "same cost per request) is the fairer figure.")
     if kind == "sqlite" and database != "sqlite":
         section.notes.append("The database was SQLite (no PostgreSQL answered): production runs PostgreSQL.")
+
+
+def _floor_note(label: str, floor: floors.Floor, measured: dict, healthz: dict, hello_ms: float) -> str:
+    """The endpoint against its floor (bench/floors.py): `/healthz`'s cost in process, plus
+    flask-limiter's per-address check beyond the one every route makes, plus the required
+    steps done bare; and the ratio to hello world reachable at that floor."""
+    limiter = LIMITER_STAGE
+    limiter_extra = max(measured["stages"][limiter] - healthz["stages"][limiter], 0.0)
+    extra = limiter_extra + floor.total
+    at_floor = healthz["cpu_ms"] + extra
+    ceiling = floors.ratio_ceiling(hello_ms, extra)
+    return (f"The floor of {label} (bench/floors.py; ms of CPU per request, in process): `/healthz` "
+            f"{healthz['cpu_ms']:.2f}, flask-limiter's per-address check beyond `/healthz`'s {limiter_extra:.2f}, and "
+            f"its required steps done bare, {floor.total:.2f}: {floor.describe()}. That is {at_floor:.2f} ms "
+            f"against the {measured['cpu_ms']:.2f} ms it costs, so {max(measured['cpu_ms'] - at_floor, 0.0):.2f} ms "
+            f"is above the floor (Flask's routing, arguments, cookies and response, SQLAlchemy, the stores' "
+            f"wrappers). At the floor, and even if its extra {extra:.2f} ms cost no more under gunicorn than in "
+            f"process, the ratio to hello world (web CPU {hello_ms:.2f} ms a request under gunicorn) is at most "
+            f"{ceiling:.2f}: the goal of {THROUGHPUT_GOAL} is "
+            + ("out of reach with these libraries on this machine." if ceiling < THROUGHPUT_GOAL
+               else "within reach of the floor, not of the path as built."))
 
 
 def _diagnose(env: Environment, tenant_id: str, integration_id: str, issuer: str, count: int) -> dict[str, dict]:

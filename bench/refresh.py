@@ -12,6 +12,7 @@ pool of `requests` posting as many refresh-token grants straight to the sandbox.
 """
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -21,16 +22,19 @@ from datetime import timedelta
 import requests
 from sqlalchemy import func, select
 
+from bench import floors
 from bench.fixtures import Grant, Sandbox, insert_connections, mint_grants, tenant_and_integration
 from bench.harness import CPUMeter, Environment, Section, error_summary, per_s, say
 from bench.sampling import Profile, Sampler
 from shared.models import Connection, utcnow
+from worker.batch import CHUNK
 from worker.sweep import sweep
 
 TITLE = "Refresh throughput"
 RATE_GOAL = 400.0
 WARM_UP = 400  # due connections the workers refresh before the timed part
 BARE_RATIO_GOAL = 0.8  # issue 8
+FLOOR_CONNECTIONS = 2_000  # refreshed connections the floor writes again, after the timed parts
 
 
 def _drain(env: Environment, count: int, timeout: float) -> tuple[float, list[tuple[float, int]]]:
@@ -114,6 +118,31 @@ def _per_refresh(meter: CPUMeter, rate: float, names: dict[str, str] | None = No
             f"{meter.others / max(rate, 1e-9) * 1000:.2f} ms)")
 
 
+def _floor_note(floor: CPUMeter, written: int, bare: CPUMeter, bare_rate: float, bare_ms: float,
+                worker_ms: float) -> str:
+    """A refresh at its floor (bench/floors.py): the bare pool's cost plus the service's own
+    steps done bare; the ratio and the rate reachable at that cost."""
+    floor_ms = sum(floor.used.values()) * floor.seconds / max(written, 1) * 1000
+    at_floor = bare_ms + floor_ms
+    ceiling = floors.ratio_ceiling(bare_ms, floor_ms)
+    cores = os.cpu_count() or 1
+    rate, rate_as_bare = cores / at_floor * 1000, bare.busy_cores / at_floor * 1000
+    return (f"the floor (bench/floors.py): the service's own steps of a refresh, done bare in chunks of {CHUNK} "
+            f"(the chunk's Celery message, its locks, one SELECT through the driver, the refresh token decrypted "
+            f"and the new pair encrypted, the fenced write and the events in one transaction, the locks released), "
+            f"cost {floor_ms:.2f} ms of CPU per refresh ({written:,} written; this process, the database and Redis: "
+            f"{_per_refresh(floor, written / max(floor.seconds, 1e-9))}). At the floor a refresh would cost the "
+            f"bare pool's {bare_ms:.2f} ms plus that, {at_floor:.2f} ms, against the worker run's {worker_ms:.2f} ms "
+            f"({max(worker_ms - at_floor, 0.0):.2f} ms above the floor: Celery's delivery of each task, the ORM, "
+            f"the per-host slots and turns, the call threads). There the ratio to the bare pool would be at most "
+            f"{ceiling:.2f} (goal {BARE_RATIO_GOAL}), and the rate at most {per_s(rate)} with all {cores} cores busy, "
+            f"{per_s(rate_as_bare)} as busy as the bare pool kept them ({bare.busy_cores:.2f}, for "
+            f"{per_s(bare_rate)}) (goal {RATE_GOAL:.0f}/s): the rate goal is "
+            + ("out of reach on this machine even at the floor" if rate < RATE_GOAL else "within reach of the floor")
+            + ", the ratio goal " + ("out of reach even at the floor." if ceiling < BARE_RATIO_GOAL
+                                     else "within reach of the floor."))
+
+
 def _profile_note(profile: Profile, worker: str) -> str:
     """Where the sampled worker's CPU went."""
     if profile.problem or not profile.samples:
@@ -156,7 +185,8 @@ def run(section: Section, quick: bool = False, count: int = 10_000, processes: i
         insert_connections(rt, tenant_id, integration_id, grants[2 * count:], expires_at=expired)
         sweep(rt, rt.celery)
         _drain(env, WARM_UP, timeout=120.0)
-        insert_connections(rt, tenant_id, integration_id, grants[:count], expires_at=utcnow() - timedelta(minutes=1))
+        timed_ids = insert_connections(rt, tenant_id, integration_id, grants[:count],
+                                       expires_at=utcnow() - timedelta(minutes=1))
         section.setup += [
             f"{count:,} active connections due (access token expired a minute ago), each with its own "
             f"live sandbox refresh token (minted in {setup_seconds:.1f} s, before the timed part)",
@@ -219,6 +249,11 @@ def run(section: Section, quick: bool = False, count: int = 10_000, processes: i
         bare_rate, bare_statuses = _bare_pool(sandbox, client, grants[count:2 * count], concurrency)
         bare_meter.stop()
 
+        say("  the floor: a refresh's own steps, done bare…")
+        floor_ids = timed_ids[:min(count, FLOOR_CONNECTIONS)]
+        floor_meter = CPUMeter().start()
+        floor_written = floors.refresh_floor(rt, floor_ids, CHUNK)
+        floor_meter.stop()
         kind = env.kind
 
     remaining = versions.get(1, 0)
@@ -262,6 +297,7 @@ def run(section: Section, quick: bool = False, count: int = 10_000, processes: i
         f"{_cpu_ms(bare_meter, bare_rate).get('sandbox', 0.0):.2f} ms of it), so 2 cores carry at most "
         f"{per_s(2000 / max(bare_ms, 1e-9))} even for it; the worker run, at {worker_ms:.2f} ms per refresh, at "
         f"most {per_s(2000 / max(worker_ms, 1e-9))}",
+        _floor_note(floor_meter, floor_written, bare_meter, bare_rate, bare_ms, worker_ms),
         _profile_note(profile, workers[0].name),
         "double refreshes = successful sandbox refreshes beyond one per connection + connections whose "
         "version moved by 2 or more + grants the sandbox revoked for reuse",
