@@ -282,8 +282,7 @@ def _floor_note(label: str, floor: floors.Floor, measured: dict, healthz: dict, 
     """The endpoint against its floor (bench/floors.py): `/healthz`'s cost in process, plus
     flask-limiter's per-address check beyond the one every route makes, plus the required
     steps done bare; and the ratio to hello world reachable at that floor."""
-    limiter = LIMITER_STAGE
-    limiter_extra = max(measured["stages"][limiter] - healthz["stages"][limiter], 0.0)
+    limiter_extra = max(measured["stages"][LIMITER_STAGE] - healthz["stages"][LIMITER_STAGE], 0.0)
     extra = limiter_extra + floor.total
     at_floor = healthz["cpu_ms"] + extra
     ceiling = floors.ratio_ceiling(hello_ms, extra)
