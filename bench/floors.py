@@ -185,14 +185,14 @@ def token_floor(rt: Runtime, api_key: str, token_enc: str, count: int) -> Floor:
     return Floor({name: cpu_ms(step, count) for name, step in steps.items()})
 
 
-def refresh_floor(rt: Runtime, connection_ids: list[str], chunk: int) -> int:
+def refresh_floor(rt: Runtime, driver: Driver, connection_ids: list[str], chunk: int) -> int:
     """What a refresh costs the service beyond its provider call, done bare, a chunk of `chunk`
     connections at a time: the chunk's Celery message, its locks (one script call), its rows
     (one SELECT, the driver alone), the refresh token decrypted and the new pair encrypted, the
     fenced write and the `refreshed` events (one transaction), the locks released (one script
     call). New tokens stand in for the provider's answers. Answers how many connections were
-    written; the caller meters the CPU (this process, the database, Redis)."""
-    driver = Driver(rt.db.engine)
+    written; the caller meters the CPU (this process, the database, Redis), with the driver open
+    before and closed after, so that no database process comes or goes while it meters."""
     written = 0
     try:
         for start in range(0, len(connection_ids), chunk):
@@ -219,7 +219,6 @@ def refresh_floor(rt: Runtime, connection_ids: list[str], chunk: int) -> int:
             written += len(done)
         return written
     finally:
-        driver.close()
         rt.redis.delete(SCRATCH_QUEUE)
 
 
