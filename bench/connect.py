@@ -279,23 +279,13 @@ def run(section: Section, quick: bool = False, levels: tuple[int, ...] = (4, 16,
 
 
 def _floor_note(label: str, floor: floors.Floor, measured: dict, healthz: dict, hello_ms: float) -> str:
-    """The endpoint against its floor (bench/floors.py): `/healthz`'s cost in process, plus
-    flask-limiter's per-address check beyond the one every route makes, plus the required
-    steps done bare; and the ratio to hello world reachable at that floor."""
-    limiter_extra = max(measured["stages"][LIMITER_STAGE] - healthz["stages"][LIMITER_STAGE], 0.0)
-    extra = limiter_extra + floor.total
-    at_floor = healthz["cpu_ms"] + extra
-    ceiling = floors.ratio_ceiling(hello_ms, extra)
-    return (f"The floor of {label} (bench/floors.py; ms of CPU per request, in process): `/healthz` "
-            f"{healthz['cpu_ms']:.2f}, flask-limiter's per-address check beyond `/healthz`'s {limiter_extra:.2f}, and "
-            f"its required steps done bare, {floor.total:.2f}: {floor.describe()}. That is {at_floor:.2f} ms "
-            f"against the {measured['cpu_ms']:.2f} ms it costs, so {max(measured['cpu_ms'] - at_floor, 0.0):.2f} ms "
-            f"is above the floor (Flask's routing, arguments, cookies and response, SQLAlchemy, the stores' "
-            f"wrappers). At the floor, and even if its extra {extra:.2f} ms cost no more under gunicorn than in "
-            f"process, the ratio to hello world (web CPU {hello_ms:.2f} ms a request under gunicorn) is at most "
-            f"{ceiling:.2f}: the goal of {THROUGHPUT_GOAL} is "
-            + ("out of reach with these libraries on this machine." if ceiling < THROUGHPUT_GOAL
-               else "within reach of the floor, not of the path as built."))
+    """The endpoint against its floor (bench/floors.py), with `/healthz` as its baseline in
+    process and hello world under gunicorn."""
+    return str(floors.Verdict(
+        label, "hello world", healthz["cpu_ms"], "flask-limiter's per-address check beyond `/healthz`'s",
+        max(measured["stages"][LIMITER_STAGE] - healthz["stages"][LIMITER_STAGE], 0.0), floor, measured["cpu_ms"],
+        "Flask's routing, arguments, cookies and response, SQLAlchemy, the stores' wrappers", hello_ms,
+        "under gunicorn", THROUGHPUT_GOAL))
 
 
 def _diagnose(env: Environment, tenant_id: str, integration_id: str, issuer: str, count: int) -> dict[str, dict]:

@@ -228,6 +228,39 @@ def ratio_ceiling(baseline_ms: float, extra_ms: float) -> float:
     return baseline_ms / max(baseline_ms + extra_ms, 1e-9)
 
 
+@dataclass
+class Verdict:
+    """A web path against its floor: the baseline route's CPU in process, plus the part of
+    flask-limiter's check the baseline does not pay, plus the required steps done bare; and the
+    throughput ratio to the baseline reachable at that floor."""
+
+    path: str
+    baseline: str
+    baseline_ms: float  # the baseline's CPU per request in process
+    check: str  # which part of flask-limiter's check the path pays beyond the baseline
+    check_ms: float
+    floor: Floor
+    measured_ms: float  # the path's CPU per request in process
+    above: str  # what lies between the floor and the path as built
+    served_ms: float  # the baseline's web CPU per request under gunicorn
+    served: str  # how that was measured
+    goal: float
+
+    def __str__(self) -> str:
+        extra = self.check_ms + self.floor.total
+        at_floor = self.baseline_ms + extra
+        ceiling = ratio_ceiling(self.served_ms, extra)
+        return (f"The floor of {self.path} (bench/floors.py; ms of CPU per request, in process): `/healthz` "
+                f"{self.baseline_ms:.3f}, {self.check} {self.check_ms:.3f}, and its required steps done bare, "
+                f"{self.floor.total:.3f}: {self.floor.describe()}. That is {at_floor:.3f} ms against the "
+                f"{self.measured_ms:.3f} ms it costs, so {max(self.measured_ms - at_floor, 0.0):.3f} ms is above the "
+                f"floor ({self.above}). At the floor, and even if its extra {extra:.3f} ms cost no more under gunicorn "
+                f"than in process, the ratio to {self.baseline} (web CPU {self.served_ms:.2f} ms a request "
+                f"{self.served}) is at most {ceiling:.2f}: the goal of {self.goal} is "
+                + ("out of reach with these libraries on this machine." if ceiling < self.goal
+                   else "within reach of the floor, not of the path as built."))
+
+
 def _clear(rt: Runtime, pattern: str) -> None:
     keys = list(rt.redis.scan_iter(match=pattern, count=1000))
     for start in range(0, len(keys), 1000):

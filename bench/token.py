@@ -318,28 +318,18 @@ def _outside_the_app(data: dict, healthz_app_ms: float, token_app_ms: float) -> 
 
 
 def _floor_note(data: dict, healthz: dict, token: dict, floor: floors.Floor) -> str:
-    """The cached token path against its floor (bench/floors.py): `/healthz`'s cost in process,
-    plus flask-limiter's per-tenant check beyond `/healthz`'s (the key's authentication left
-    out), plus the required steps done bare; and the ratio reachable at that floor."""
+    """The cached token path against its floor (bench/floors.py), with `/healthz` as its
+    baseline; flask-limiter's per-tenant check counts without the key's authentication, whose
+    required part (the key's hash) is a step of the floor."""
     runs = data["wrk"] if data["wrk"]["healthz"] else data["runs"]
     _, best, cpu = _typical(runs["healthz"])
-    healthz_ms = cpu.used.get("web (gunicorn)", 0.0) / max(best.rate, 1e-9) * 1000
-    limiter_extra = max(token["stages"][LIMITER_STAGE] - token["stages"][AUTH_STAGE]
-                        - healthz["stages"][LIMITER_STAGE], 0.0)
-    extra = limiter_extra + floor.total
-    at_floor = healthz["cpu_ms"] + extra
-    ceiling = floors.ratio_ceiling(healthz_ms, extra)
-    return (f"The floor of the cached token path (bench/floors.py; ms of CPU per request, in process): `/healthz` "
-            f"{healthz['cpu_ms']:.3f}, flask-limiter's per-tenant check beyond `/healthz`'s (the key's "
-            f"authentication left out) {limiter_extra:.3f}, and its required steps done bare, {floor.total:.3f}: "
-            f"{floor.describe()}. That is {at_floor:.3f} ms against the {token['cpu_ms']:.3f} ms it costs, so "
-            f"{max(token['cpu_ms'] - at_floor, 0.0):.3f} ms is above the floor (the route, the view, the cache "
-            f"lookups). At the floor, and even if its extra {extra:.3f} ms cost no more under gunicorn than in "
-            f"process, the ratio to `/healthz` (web CPU {healthz_ms:.2f} ms a request under gunicorn"
-            + (", wrk" if data["wrk"]["healthz"] else "") + f") is at most {ceiling:.2f}: the goal of "
-            f"{THROUGHPUT_GOAL} is "
-            + ("out of reach with these libraries on this machine." if ceiling < THROUGHPUT_GOAL
-               else "within reach of the floor."))
+    return str(floors.Verdict(
+        "the cached token path", "`/healthz`", healthz["cpu_ms"],
+        "flask-limiter's per-tenant check beyond `/healthz`'s (the key's authentication left out)",
+        max(token["stages"][LIMITER_STAGE] - token["stages"][AUTH_STAGE] - healthz["stages"][LIMITER_STAGE], 0.0),
+        floor, token["cpu_ms"], "the route, the view, the cache lookups",
+        cpu.used.get("web (gunicorn)", 0.0) / max(best.rate, 1e-9) * 1000,
+        "under gunicorn" + (", wrk" if data["wrk"]["healthz"] else ""), THROUGHPUT_GOAL))
 
 
 def _describe(result: Result) -> str:
