@@ -3,7 +3,7 @@
 A step is required when the design or the contract asks for it (the state in Redis, the
 attempt's row, the exchange's Celery message, the token decrypted…). Done bare, it runs with
 the clients the service itself uses (its Redis client, its database driver, its Celery app,
-its Fernet keys) and nothing around them: no Flask, no ORM, no task machinery.
+its Fernet keys) and nothing around them: no Flask, no ORM objects, no task machinery.
 
 A path's floor is then its baseline's own cost (the same app answering `/healthz` or hello
 world) plus its required steps at these costs. Where even the floor costs more than a goal
