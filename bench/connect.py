@@ -215,12 +215,12 @@ def run(section: Section, quick: bool = False, levels: tuple[int, ...] = (4, 16,
         say("  where the CPU goes (in-process, Flask's test client)…")
         diagnosis = _diagnose(env, tenant_id, integration_id, issuer, 100 if quick else 300)
         say("  the floors: each endpoint's required steps, done bare…")
-        link = _insert_sessions(env, tenant_id, integration_id, 1)[0]
+        link_hash = digest(_insert_sessions(env, tenant_id, integration_id, 1)[0])
         with rt.db.session() as session:
-            session_id = session.scalar(select(ConnectSession.id).limit(1))
+            session_id = session.scalar(select(ConnectSession.id).where(ConnectSession.token_hash == link_hash))
         assert session_id is not None
         floor_count = 300 if quick else 2000
-        floor_of = {"connect": floors.connect_floor(rt, digest(link), floor_count),
+        floor_of = {"connect": floors.connect_floor(rt, link_hash, floor_count),
                     "callback": floors.callback_floor(rt, session_id, floor_count)}
         log = web.output()
         tracebacks, errors = log.count("Traceback"), error_summary(log)
@@ -246,7 +246,7 @@ def run(section: Section, quick: bool = False, levels: tuple[int, ...] = (4, 16,
                     "" if is_hello else f"p99 ≤ {P99_GOAL_SECONDS * 1000:.0f} ms",
                     None if is_hello else p99 <= P99_GOAL_SECONDS)
         for level, result, cpu in endpoint.levels:
-            web_ms = cpu.used.get("web (gunicorn)", 0.0) / max(result.rate, 1e-9) * 1000
+            web_ms = cpu.ms_per("web (gunicorn)", result.rate)
             section.notes.append(f"{endpoint.label} at {level} connections: {_describe(result, endpoint.expected)}; "
                                  f"web CPU per request {web_ms:.2f} ms; CPU: {cpu.summary()}")
         section.notes.append(f"{endpoint.label} at {rate:g} req/s: {_describe(endpoint.paced, endpoint.expected)}, "
@@ -263,7 +263,7 @@ def run(section: Section, quick: bool = False, levels: tuple[int, ...] = (4, 16,
             f"Where {label}'s CPU goes, by stage (ms per request, from the profile scaled to the unprofiled "
             f"{diagnosis[name]['cpu_ms']:.2f} ms; `/healthz` {diagnosis['healthz']['cpu_ms']:.2f} ms): "
             + "; ".join(f"{stage} {stages[stage]:.2f}" for stage in STAGES if stages[stage] >= 0.005) + ".")
-    hello_ms = hello_ep.best[2].used.get("web (gunicorn)", 0.0) / max(hello_rate, 1e-9) * 1000
+    hello_ms = hello_ep.best[2].ms_per("web (gunicorn)", hello_rate)
     for name, label in (("connect", "`/connect/{token}`"), ("callback", "`/oauth/callback`")):
         section.notes.append(_floor_note(label, floor_of[name], diagnosis[name], diagnosis["healthz"], hello_ms))
     section.notes.append(f"Tracebacks in the web's log over the whole run: {tracebacks}; errors: {errors}.")

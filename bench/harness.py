@@ -216,6 +216,10 @@ class CPUMeter:
         self.busy_cores = (os.cpu_count() or 1) * (1 - idle / total) if total else 0.0
         return self
 
+    def ms_per(self, group: str, rate: float) -> float:
+        """A process group's CPU per request (or per refresh), in ms, at `rate` a second."""
+        return self.used.get(group, 0.0) / max(rate, 1e-9) * 1000
+
     @property
     def others(self) -> float:
         """Busy cores not accounted for by the processes measured: the kernel, and anything else

@@ -113,7 +113,7 @@ def run(section: Section, quick: bool = False, count: int = 5000, seconds: float
                 lapsed_max == 0, headline="proactive: connections lapsed (most at once)")
     section.add("refreshes in the run", f"{total:,}")
     average = total / seconds if seconds else 0.0
-    per_refresh = {name: cores / max(average, 1e-9) * 1000 for name, cores in cpu.used.items() if cores >= 0.005}
+    per_refresh = {name: cpu.ms_per(name, average) for name, cores in cpu.used.items() if cores >= 0.005}
     spent = sum(per_refresh.values())
     section.notes += [
         f"statuses at the end: {statuses}; other events (failures, needs_reauth): {failures}",

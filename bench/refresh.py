@@ -107,7 +107,7 @@ STAGES = {
 
 def _cpu_ms(meter: CPUMeter, rate: float) -> dict[str, float]:
     """Each process group's CPU per refresh, in ms (cores used ÷ refreshes a second)."""
-    return {name: cores / max(rate, 1e-9) * 1000 for name, cores in meter.used.items() if cores >= 0.005}
+    return {name: meter.ms_per(name, rate) for name, cores in meter.used.items() if cores >= 0.005}
 
 
 def _per_refresh(meter: CPUMeter, rate: float, names: dict[str, str] | None = None) -> str:

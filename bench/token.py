@@ -198,7 +198,7 @@ def run(section: Section, quick: bool = False, levels: tuple[int, ...] = (16, 64
                         headline="`GET …/token` (not due) ÷ `/healthz`, wrk" + ("" if cached else ", caches off"))
             for name, wrk_levels in by_wrk.items():
                 for level, measured, cpu in wrk_levels:
-                    web_ms = cpu.used.get("web (gunicorn)", 0.0) / max(measured.rate, 1e-9) * 1000
+                    web_ms = cpu.ms_per("web (gunicorn)", measured.rate)
                     section.notes.append(f"[{label}] wrk, {name} at {level} connections: {per_s(measured.rate)}; "
                                          f"web CPU per request {web_ms:.2f} ms; CPU: {cpu.summary()}")
         section.add(f"`GET …/token` p50 / p99 at {rate:g} req/s offered{suffix}",
@@ -210,7 +210,7 @@ def run(section: Section, quick: bool = False, levels: tuple[int, ...] = (16, 64
                     f"{ms(paced['healthz'][0].percentile(50))} / {ms(paced['healthz'][0].percentile(99))}")
         for name, levels_ in runs.items():
             for level, result, cpu in levels_:
-                web_ms = cpu.used.get("web (gunicorn)", 0.0) / max(result.rate, 1e-9) * 1000
+                web_ms = cpu.ms_per("web (gunicorn)", result.rate)
                 section.notes.append(f"[{label}] {name} at {level} connections: {_describe(result)}; web CPU per "
                                      f"request {web_ms:.2f} ms; CPU: {cpu.summary()}")
         for name, (result, cpu) in paced.items():
@@ -231,9 +231,9 @@ def run(section: Section, quick: bool = False, levels: tuple[int, ...] = (16, 64
         + f". The token path's difference in the app, {cached_case['cpu_ms'] - plain['cpu_ms']:.3f} ms, is work "
         "`/healthz` does not do: finding the tenant's limit and counting the request, authenticating the key, "
         "reading the cached row, decrypting the token and writing it as JSON.")
-    section.notes.append(_outside_the_app(results["cached"], plain["stages"][APP_STAGE],
-                                          cached_case["stages"][APP_STAGE]))
-    section.notes.append(_floor_note(results["cached"], plain, cached_case, floor))
+    served, source = _served(results["cached"])
+    section.notes.append(_outside_the_app(served, source, plain["stages"][APP_STAGE], cached_case["stages"][APP_STAGE]))
+    section.notes.append(_floor_note(served["healthz"], source, plain, cached_case, floor))
     section.notes.append(
         "Caveat: the Python load generator runs in the bench process, on the same 2 cores as the server (and "
         "the database and Redis): its figures are the ratio's, not the server's rates (same generator, same "
@@ -299,37 +299,39 @@ def _typical(runs: list[tuple[int, Any, CPUMeter]]) -> tuple[int, Any, CPUMeter]
     return max(medians, key=lambda r: r[1].rate)
 
 
-def _outside_the_app(data: dict, healthz_app_ms: float, token_app_ms: float) -> str:
-    """The web's CPU per request under gunicorn at each endpoint's best level (wrk's runs where
-    there are any), split into the Flask app's share (measured in process) and the rest."""
-    runs = data["wrk"] if data["wrk"]["token"] else data["runs"]
+def _served(data: dict) -> tuple[dict[str, float], str]:
+    """The web's CPU per request under gunicorn, of `/healthz` and of the token path, each at its
+    best level (wrk's runs where there are any, the median round), and which load measured it."""
+    runs, source = (data["wrk"], ", wrk") if data["wrk"]["token"] else (data["runs"], "")
     served = {}
-    for name, app_ms in (("healthz", healthz_app_ms), ("token", token_app_ms)):
+    for name in ("healthz", "token"):
         _, best, cpu = _typical(runs[name])
-        served[name] = (cpu.used.get("web (gunicorn)", 0.0) / max(best.rate, 1e-9) * 1000, app_ms)
-    return ("Per request under gunicorn (caches on, at each endpoint's best level"
-            + (", wrk" if data["wrk"]["token"] else "") + "): "
+        served[name] = cpu.ms_per("web (gunicorn)", best.rate)
+    return served, source
+
+
+def _outside_the_app(served: dict[str, float], source: str, healthz_app_ms: float, token_app_ms: float) -> str:
+    """The web's CPU per request under gunicorn split into the Flask app's share (measured in
+    process) and the rest."""
+    return (f"Per request under gunicorn (caches on, at each endpoint's best level{source}): "
             + "; ".join(f"{label} {total:.2f} ms of the web's CPU: {app:.2f} of it in the Flask app (measured "
                         f"in process), {max(total - app, 0.0):.2f} the rest (gunicorn's HTTP parsing and thread "
                         "hand-offs, the access log line, the kernel)"
-                        for label, (total, app) in (("`/healthz`", served["healthz"]),
-                                                    ("`GET …/token`", served["token"])))
+                        for label, total, app in (("`/healthz`", served["healthz"], healthz_app_ms),
+                                                  ("`GET …/token`", served["token"], token_app_ms)))
             + ".")
 
 
-def _floor_note(data: dict, healthz: dict, token: dict, floor: floors.Floor) -> str:
+def _floor_note(healthz_served_ms: float, source: str, healthz: dict, token: dict, floor: floors.Floor) -> str:
     """The cached token path against its floor (bench/floors.py), with `/healthz` as its
     baseline; flask-limiter's per-tenant check counts without the key's authentication, whose
     required part (the key's hash) is a step of the floor."""
-    runs = data["wrk"] if data["wrk"]["healthz"] else data["runs"]
-    _, best, cpu = _typical(runs["healthz"])
     return str(floors.Verdict(
         "the cached token path", "`/healthz`", healthz["cpu_ms"],
         "flask-limiter's per-tenant check beyond `/healthz`'s (the key's authentication left out)",
         max(token["stages"][LIMITER_STAGE] - token["stages"][AUTH_STAGE] - healthz["stages"][LIMITER_STAGE], 0.0),
-        floor, token["cpu_ms"], "the route, the view, the cache lookups",
-        cpu.used.get("web (gunicorn)", 0.0) / max(best.rate, 1e-9) * 1000,
-        "under gunicorn" + (", wrk" if data["wrk"]["healthz"] else ""), THROUGHPUT_GOAL))
+        floor, token["cpu_ms"], "the route, the view, the cache lookups", healthz_served_ms,
+        f"under gunicorn{source}", THROUGHPUT_GOAL))
 
 
 def _describe(result: Result) -> str:
