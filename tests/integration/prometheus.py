@@ -98,13 +98,28 @@ class Prometheus:
         assert len(result) <= 1, result
         return float(result[0]["value"][1]) if result else None
 
+    def targets(self) -> list[dict[str, Any]]:
+        """The active targets, each with its job, health and last scrape's error."""
+        return list(self.get("/api/v1/targets", state="active")["activeTargets"])
+
     def targets_up(self) -> dict[str, int]:
         """How many targets of each job answered their last scrape."""
         up: dict[str, int] = {}
-        for target in self.get("/api/v1/targets", state="active")["activeTargets"]:
+        for target in self.targets():
             job = target["labels"]["job"]
             up[job] = up.get(job, 0) + (target["health"] == "up")
         return up
+
+    def wait_until_up(self, expected: dict[str, int], timeout: float) -> None:
+        """Wait until `expected` targets of each job answer their scrapes; else fail
+        with what each target's last scrape gave."""
+        try:
+            wait_for(lambda: self.targets_up() == expected, timeout=timeout, interval=0.5,
+                     what=f"Prometheus to scrape {expected}")
+        except AssertionError as error:
+            states = [(t["labels"]["job"], t["scrapeUrl"], t["health"], t["lastError"], t["lastScrapeDuration"])
+                      for t in self.targets()]
+            raise AssertionError(f"{error}; targets (job, url, health, last error, seconds): {states}") from None
 
 
 def panel_queries() -> list[tuple[str, str]]:
