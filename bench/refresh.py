@@ -133,8 +133,11 @@ def _floor_note(floor: CPUMeter, written: int, bare: CPUMeter, bare_rate: float,
             f"cost {floor_ms:.2f} ms of CPU per refresh ({written:,} written; this process, the database and Redis: "
             f"{_per_refresh(floor, written / max(floor.seconds, 1e-9))}). At the floor a refresh would cost the "
             f"bare pool's {bare_ms:.2f} ms plus that, {at_floor:.2f} ms, against the worker run's {worker_ms:.2f} ms "
-            f"({max(worker_ms - at_floor, 0.0):.2f} ms above the floor: Celery's delivery of each task, the ORM, "
-            f"the per-host slots and turns, the call threads). There the ratio to the bare pool would be at most "
+            + (f"({worker_ms - at_floor:.2f} ms above the floor: Celery's delivery of each task, the ORM, the "
+               f"per-host slots and lines, the call threads)" if worker_ms > at_floor else
+               f"(at the floor, {at_floor - worker_ms:.2f} ms below it: the workers' calls go straight through "
+               f"urllib3, which costs less than the bare pool's requests)")
+            + f". There the ratio to the bare pool would be at most "
             f"{ceiling:.2f} (goal {BARE_RATIO_GOAL}), and the rate at most {per_s(rate)} with all {cores} cores busy, "
             f"{per_s(rate_as_bare)} as busy as the bare pool kept them ({bare.busy_cores:.2f}, for "
             f"{per_s(bare_rate)}) (goal {RATE_GOAL:.0f}/s): the rate goal is "

@@ -36,6 +36,31 @@ if n > 0 then redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2])) end
 return math.max(n, 0)
 """
 
+# ARGV: the limit, then leases to give back; answers how many slots are free after.
+_RELEASE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if #ARGV > 1 then redis.call('ZREM', KEYS[1], unpack(ARGV, 2)) end
+return math.max(tonumber(ARGV[1]) - redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf'), 0)
+"""
+
+# ARGV: the lease's lifetime, then leases; each still live starts its lifetime again.
+# Answers those still live.
+_RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local live = {}
+for i = 2, #ARGV do
+  local deadline = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if deadline and tonumber(deadline) > now then
+    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[i])
+    live[#live + 1] = ARGV[i]
+  end
+end
+if #live > 0 then redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1])) end
+return live
+"""
+
 _ALLOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -81,6 +106,8 @@ class HostSlots:
         self.limit = limit
         self.lease_ms = int(lease_seconds * 1000)
         self._acquire = client.register_script(_ACQUIRE)
+        self._release = client.register_script(_RELEASE)
+        self._renew = client.register_script(_RENEW)
 
     @staticmethod
     def key(host: str) -> str:
@@ -94,10 +121,21 @@ class HostSlots:
         granted = int(self._acquire(keys=[self.key(host)], args=[self.limit, self.lease_ms, *leases]))
         return leases[:granted]
 
-    def release(self, host: str, leases: Sequence[str]) -> None:
-        """Give the leases back (an expired one is simply gone already)."""
-        if leases:
-            self.client.zrem(self.key(host), *leases)
+    def renew(self, host: str, leases: Sequence[str]) -> list[str]:
+        """The leases still live, each good for a full lease again from now (a chunk
+        taken from a line holds its slots from then; it renews them when it starts)."""
+        if not leases:
+            return []
+        return [lease.decode() for lease in self._renew(keys=[self.key(host)], args=[self.lease_ms, *leases])]
+
+    def free(self, host: str) -> int:
+        """How many of the host's slots no live lease holds now."""
+        return self.release(host, ())
+
+    def release(self, host: str, leases: Sequence[str]) -> int:
+        """Give the leases back (an expired one is simply gone already); answers how many
+        of the host's slots are free now."""
+        return int(self._release(keys=[self.key(host)], args=[self.limit, *leases]))
 
 
 @dataclass(frozen=True)
@@ -166,69 +204,101 @@ class Gate:
             self.breaker.client.delete(Breaker.keys(host)[1])  # the probe could not go: the next asker sends it
         return leases, SLOT_WAIT_SECONDS
 
-    def done(self, host: str, leases: Sequence[str], alive: int, failed: int, breaker: bool = True) -> None:
-        """Give the leases back and tell the breaker how the host did."""
-        self.slots.release(host, leases)
+    def done(self, host: str, leases: Sequence[str], alive: int, failed: int, breaker: bool = True) -> int:
+        """Give the leases back and tell the breaker how the host did; answers how many of
+        the host's slots are free now."""
+        free = self.slots.release(host, leases)
         if breaker:
             self.breaker.record(host, alive, failed)
+        return free
 
 
-TURN_SECONDS = 5.0  # a turn at the head of its line that no finished call wakes goes by itself after this
-TURN_STEP_SECONDS = 0.25  # and each turn ahead of it in line adds this much (the line moves faster)
-LONGEST_TURN_SECONDS = 120.0
-TURN_KEPT_SECONDS = 600  # a turn's payload and its host's line outlive the longest wait for a turn
+LINE_STALLED_SECONDS = 5.0  # a line that nothing took from for this long is taken from by the sweep
+LINE_KEPT_SECONDS = 600  # a line outlives any wait in it (the connections' markers last 300 s)
+
+# KEYS: the line, its moved marker, the hosts with a line. ARGV: 1 to join at the front,
+# the stall milliseconds, the line's lifetime, the host, then the entries. A line that this
+# join starts counts as moving (joining is not moving: a stalled line stays stalled).
+_JOIN = """
+local length = redis.call(ARGV[1] == '1' and 'LPUSH' or 'RPUSH', KEYS[1], unpack(ARGV, 5))
+if length == #ARGV - 4 then redis.call('SET', KEYS[2], '1', 'PX', ARGV[2]) end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[4])
+"""
+
+# KEYS: a line, the hosts with a line. ARGV: the host, forgotten only if its line is empty.
+_FORGET = """
+if redis.call('LLEN', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[1]) end
+"""
 
 
-def patience(position: int) -> float:
-    """How long the turn at `position` (1: the head) of its line waits before going by itself."""
-    return min(TURN_SECONDS + (position - 1) * TURN_STEP_SECONDS, LONGEST_TURN_SECONDS)
+@dataclass(frozen=True)
+class Waiting:
+    """Connections taken from a host's line, with whether the host's breaker guards them."""
+
+    connection_ids: list[str]
+    breaker: bool
 
 
-class Turns:
-    """Refreshes waiting for a host's slots, woken in order as calls finish, so a freed slot
-    is taken at once instead of when a poll comes round. Each turn is also queued to go
-    by itself, should nothing wake it (a worker died holding slots), after `patience`: the
-    longer its line, the later, so that a long line that keeps moving is not churned by
-    turns leaving it and queueing again at its end. Whichever comes first takes the
-    turn's payload, so it runs once."""
+class Line:
+    """Connections waiting for a host's slots, in order, in Redis: a refresh that finds no
+    free slot joins it without a message of its own, and whoever gives slots back takes as
+    many connections from its head as it gave back and queues them, so a freed slot is
+    used at once and no message comes back without a slot waiting for it. Should nothing
+    give slots back (a worker died holding them, until their leases expire), the sweep
+    takes from a line that has not moved for `stalled_seconds`."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    HOSTS = "provider-lines"  # the hosts that may have a line
+
+    def __init__(self, client: redis.Redis, stalled_seconds: float = LINE_STALLED_SECONDS) -> None:
         self.client = client
+        self.stalled_ms = int(stalled_seconds * 1000)
+        self._join = client.register_script(_JOIN)
+        self._forget = client.register_script(_FORGET)
 
     @staticmethod
-    def _keys(host: str, turn: str) -> tuple[str, str]:
-        return f"provider-waiting:{host}", f"provider-turn:{turn}"
+    def _keys(host: str) -> tuple[str, str]:
+        return f"provider-line:{host}", f"provider-line-moved:{host}"
 
-    def wait(self, host: str, payload: str) -> tuple[str, float]:
-        """Queue a turn for `host` carrying `payload` (connection ids only); answer its id and
-        how long it should wait before going by itself."""
-        turn = secrets.token_hex(8)
-        waiting, key = self._keys(host, turn)
+    def join(self, host: str, connection_ids: Sequence[str], breaker: bool, front: bool = False) -> None:
+        """Queue connections at the end of the host's line, or at its `front` (their turn
+        had come already)."""
+        if connection_ids:
+            entries = [f"{int(breaker)}:{cid}" for cid in connection_ids]
+            self._join(keys=[*self._keys(host), self.HOSTS],
+                       args=[int(front), self.stalled_ms, LINE_KEPT_SECONDS, host,
+                             *(reversed(entries) if front else entries)])
+
+    def take(self, host: str, count: int) -> list[Waiting]:
+        """Up to `count` connections from the head of the host's line, in order, grouped
+        by runs of the same breaker flag."""
+        line, moved = self._keys(host)
         pipe = self.client.pipeline(transaction=False)
-        pipe.set(key, payload, ex=TURN_KEPT_SECONDS)
-        pipe.rpush(waiting, turn)
-        pipe.expire(waiting, TURN_KEPT_SECONDS)
-        _, position, _ = pipe.execute()
-        return turn, patience(int(position))
+        pipe.lpop(line, count)
+        pipe.set(moved, 1, px=self.stalled_ms)
+        entries, _ = pipe.execute()
+        taken: list[Waiting] = []
+        for entry in cast(list[bytes] | None, entries) or []:
+            flag, _, connection_id = entry.decode().partition(":")
+            if not taken or taken[-1].breaker != (flag == "1"):
+                taken.append(Waiting([], flag == "1"))
+            taken[-1].connection_ids.append(connection_id)
+        return taken
 
-    def wake(self, host: str, count: int) -> list[str]:
-        """Take up to `count` waiting turns of `host`; answer their payloads."""
-        waiting = self._keys(host, "")[0]
-        payloads: list[str] = []
-        for _ in range(count):
-            turn = cast(bytes | None, self.client.lpop(waiting))
-            if turn is None:
-                break
-            payload = cast(bytes | None, self.client.getdel(self._keys(host, turn.decode())[1]))
-            if payload is not None:
-                payloads.append(payload.decode())
-        return payloads
-
-    def take(self, host: str, turn: str) -> bool:
-        """For a turn going by itself: True if nothing woke it first (it is taken now)."""
-        waiting, key = self._keys(host, turn)
+    def stalled(self) -> list[str]:
+        """The hosts whose line has connections and has not moved for `stalled_seconds`
+        (hosts whose line is empty are forgotten)."""
+        hosts = sorted(member.decode() for member in cast(set[bytes], self.client.smembers(self.HOSTS)))
         pipe = self.client.pipeline(transaction=False)
-        pipe.delete(key)
-        pipe.lrem(waiting, 1, turn)
-        taken, _ = pipe.execute()
-        return bool(taken)
+        for host in hosts:
+            line, moved = self._keys(host)
+            pipe.llen(line)
+            pipe.exists(moved)
+        answers = pipe.execute()
+        stalled = []
+        for host, length, moving in zip(hosts, answers[::2], answers[1::2], strict=True):
+            if not length:
+                self._forget(keys=[self._keys(host)[0], self.HOSTS], args=[host])
+            elif not moving:
+                stalled.append(host)
+        return stalled

@@ -1,12 +1,16 @@
 """`refresh_batch`: a sweep page refreshed together.
 
-The sweep sends a page with each connection's integration; the page is cut into chunks
-of at most `CHUNK` connections of one provider host (a route), one message each, so that
-every worker process takes a share. A chunk first takes its host's free slots (one round
-trip; with none, it waits for its turn having locked and read nothing), then costs one
-script call for its locks, one `SELECT`, a burst of concurrent provider calls, one
-transaction that writes every answer fenced (one statement on PostgreSQL), with the
-events, and one script call that releases the locks and settles the markers.
+The sweep sends a page with each connection's integration. The page's connections join
+the line of their provider host (a route), and as many as the host has free call slots
+for are taken from its head at once, in chunks of at most `CHUNK`, one message each, so
+that every worker process takes a share. A chunk first takes its host's slots (one round
+trip; with none, it goes back to the front of the line having locked and read nothing),
+then costs one script call for its locks, one `SELECT`, a burst of concurrent provider
+calls, one transaction that writes every answer fenced (one statement on PostgreSQL),
+with the events, and one script call that releases the locks and settles the markers.
+Giving its slots back, it takes as many connections from the line and queues them: a
+host's slots are kept busy by the chunks finishing there, and a connection waiting for
+a slot costs no message until one is free for it.
 
 Single flight and fencing stay per connection: the locks are the same `refresh:{id}`
 locks `refresh_connection` takes, re-read under the lock, and each write is fenced by
@@ -15,7 +19,6 @@ nothing but the other answers of its chunk (each call bounded by the HTTP timeou
 then all are committed at once."""
 from __future__ import annotations
 
-import json
 import logging
 import random
 import threading
@@ -28,7 +31,7 @@ from celery import Celery
 from sqlalchemy import select
 
 from shared import refreshes
-from shared.fairness import SLOT_WAIT_SECONDS, Turns, counts_against_host, host_of
+from shared.fairness import SLOT_WAIT_SECONDS, Line, counts_against_host, host_of
 from shared.integrations import oauth_client, server_urls
 from shared.locks import release_refresh_locks, take_refresh_locks
 from shared.models import Connection, Integration, utcnow
@@ -112,50 +115,51 @@ def refresh_chunk(rt: Runtime, app: Celery, connection_ids: list[str],
                   admitted: Admitted | None = None) -> Counter[str]:
     """Refresh a chunk of connections that the sweep claimed, and settle each one's marker;
     answers how many ended each way. `admitted`: slots taken already for the chunk's route.
-    Connections whose host had no free slot go again at once while others of the chunk
-    could go (the task is working, not waiting); when none could, they are queued again
-    for later, holding no thread meanwhile."""
+    Connections whose host had no free slot for them join the front of its line, holding
+    no thread meanwhile, before the chunk gives its own slots back and takes from it."""
     outcomes: Counter[str] = Counter()
-    while True:
-        went, deferred, wait = _refresh_once(rt, app, connection_ids, outcomes, admitted)
-        if not deferred:
-            return outcomes
-        if not went:
-            for route, ids in deferred.items():
-                defer(rt, app, ids, route, wait)
-                outcomes["deferred"] += len(ids)
-            return outcomes
-        connection_ids, admitted = [cid for ids in deferred.values() for cid in ids], None
+    _refresh_once(rt, app, connection_ids, outcomes, admitted)
+    return outcomes
 
 
 def defer(rt: Runtime, app: Celery, connection_ids: list[str], route: Route, wait: float) -> None:
-    """Queue connections of one route again. Waiting for a slot (`wait` of `SLOT_WAIT_SECONDS`
-    or less), they take a turn in the host's line, which calls finishing at that host wake
-    in order (or which goes by itself, the later the longer the line); waiting for its
-    breaker, they go when it is due to let a probe through."""
+    """Queue connections of one route again: waiting for a slot (`wait` of `SLOT_WAIT_SECONDS`
+    or less), at the front of the host's line, which the next slots given back at that
+    host take from; waiting for its breaker, in a message that goes when it is due to let
+    a probe through."""
     if wait <= SLOT_WAIT_SECONDS:
-        turn, patience = Turns(rt.redis).wait(route.host, json.dumps({"ids": connection_ids,
-                                                                      "breaker": route.breaker}))
-        app.send_task(REFRESH_BATCH, args=[connection_ids], kwargs={**route.kwargs(), "turn": turn},
-                      countdown=patience * random.uniform(0.8, 1.2), ignore_result=True)
+        Line(rt.redis).join(route.host, connection_ids, route.breaker, front=True)
         return
     app.send_task(REFRESH_BATCH, args=[connection_ids], kwargs=route.kwargs(),
                   countdown=wait * random.uniform(1.0, 1.2), ignore_result=True)
 
 
-def wake(rt: Runtime, app: Celery, host: str, released: int) -> None:
-    """Send the turns that `released` freed slots of `host` make room for, oldest first."""
-    for payload in Turns(rt.redis).wake(host, max(1, round(released / CHUNK))):
-        turn = json.loads(payload)
-        app.send_task(REFRESH_BATCH, args=[turn["ids"]], kwargs=Route(host, turn.get("breaker", True)).kwargs(),
-                      ignore_result=True)
+def wake(rt: Runtime, app: Celery, host: str, slots: int) -> int:
+    """Take as many connections from the head of `host`'s line as `slots` (the host's free
+    slots), take their slots (the breaker permitting), and queue them in chunks that hold
+    them; those that got none go back to the front. Answers how many were queued."""
+    if slots <= 0:
+        return 0
+    line, hosts = Line(rt.redis), gate(rt)
+    queued = 0
+    with app.producer_or_acquire() as producer:
+        for waiting in line.take(host, slots):
+            ids = waiting.connection_ids
+            leases, _ = hosts.admit(host, len(ids), waiting.breaker)
+            line.join(host, ids[len(leases):], waiting.breaker, front=True)
+            for start in range(0, len(leases), CHUNK):
+                app.send_task(REFRESH_BATCH, args=[ids[start:start + CHUNK]],
+                              kwargs={**Route(host, waiting.breaker).kwargs(), "leases": leases[start:start + CHUNK]},
+                              producer=producer, ignore_result=True)
+            queued += len(leases)
+    return queued
 
 
 def _refresh_once(rt: Runtime, app: Celery, connection_ids: list[str], outcomes: Counter[str],
-                  admitted: Admitted | None) -> tuple[int, dict[Route, list[str]], float]:
-    """One pass: lock, read, call whatever the hosts admit (or `admitted` took already),
-    write, settle. Answers how many calls went, the connections left for later (their locks
-    released, markers kept) and how long their hosts ask them to wait."""
+                  admitted: Admitted | None) -> None:
+    """Lock, read, call whatever the hosts admit (or `admitted` took already), write, settle.
+    The connections left for later join the front of their line before the calls, their
+    locks released and markers kept; the slots go back as soon as the calls are over."""
     hosts = gate(rt)
     held = take_refresh_locks(rt.redis, connection_ids, rt.settings.refresh_lock_ttl)
     busy = [cid for cid in connection_ids if cid not in held]
@@ -165,7 +169,6 @@ def _refresh_once(rt: Runtime, app: Celery, connection_ids: list[str], outcomes:
                       ignore_result=True)
     outcomes["lock_busy"] += len(busy)
     rows = _read(rt, list(held)) if held else []
-    settled: dict[str, Outcome] = {cid: Outcome("not_needed") for cid in held}
     due = [row for row in rows if needs_refresh(row.Connection, None, rt.settings.refresh_margin_seconds)]
     without_token = [row.Connection for row in due if not row.Connection.refresh_token_enc]
     by_route: dict[Route, list[Call]] = {}
@@ -192,19 +195,27 @@ def _refresh_once(rt: Runtime, app: Celery, connection_ids: list[str], outcomes:
         if len(leases) < len(calls):
             deferred[route] = [call.connection.id for call in calls[len(leases):]]
             wait = max(wait, host_wait)
+    if deferred:  # those left for later wait unlocked, at the front of their line
+        waiting = {cid: held.pop(cid) for ids in deferred.values() for cid in ids}
+        _settle(rt, app, waiting, {cid: Outcome("deferred", defer_in=wait) for cid in waiting})
+        for route, ids in deferred.items():
+            defer(rt, app, ids, route, wait)
+        outcomes["deferred"] += len(waiting)
     going = [call for calls, _ in going_by_route.values() for call in calls]
+    settled: dict[str, Outcome] = {cid: Outcome("not_needed") for cid in held}
     try:
-        _write(rt, list(_calls().map(lambda call: _post(rt, call), going)), without_token, settled)
+        try:
+            answered = list(_calls().map(lambda call: _post(rt, call), going))
+        finally:
+            # The calls are over: their slots go back before the write, and as many
+            # connections are taken from the line, whose calls overlap this write.
+            for route, (calls, leases) in going_by_route.items():
+                failed = sum(1 for c in calls if isinstance(c.answer, ProviderError) and counts_against_host(c.answer))
+                wake(rt, app, route.host, hosts.done(route.host, leases, len(calls) - failed, failed, route.breaker))
+        _write(rt, answered, without_token, settled)
     finally:
-        for route, (calls, leases) in going_by_route.items():
-            failed = sum(1 for c in calls if isinstance(c.answer, ProviderError) and counts_against_host(c.answer))
-            hosts.done(route.host, leases, len(calls) - failed, failed, route.breaker)
-            if leases:
-                wake(rt, app, route.host, len(leases))
-        settled.update({cid: Outcome("deferred", defer_in=wait) for ids in deferred.values() for cid in ids})
         _settle(rt, app, held, settled)
-    outcomes.update(outcome.name for outcome in settled.values() if outcome.defer_in is None)
-    return len(going), deferred, wait
+    outcomes.update(outcome.name for outcome in settled.values())
 
 
 def _read(rt: Runtime, connection_ids: list[str]) -> list[Any]:
@@ -269,36 +280,45 @@ def _by_route(rt: Runtime, connection_ids: list[str], integrations: list[str] | 
     return grouped
 
 
-def _cut(app: Celery, grouped: dict[Route | None, list[str]]) -> int:
-    """Queue a page's chunks, each of one route and naming it; answers how many."""
-    chunks = 0
+def _cut(rt: Runtime, app: Celery, grouped: dict[Route | None, list[str]]) -> int:
+    """Queue a page: the connections of each known route join the end of its host's line,
+    and as many as the host has free slots for are taken from its head at once, in chunks
+    that name their route; connections of no known route go in chunks as they come.
+    Answers how many connections were queued now."""
+    queued = 0
     with app.producer_or_acquire() as producer:
         for route, ids in grouped.items():
-            for start in range(0, len(ids), CHUNK):
-                app.send_task(REFRESH_BATCH, args=[ids[start:start + CHUNK]], kwargs=route.kwargs() if route else {},
-                              producer=producer, ignore_result=True)
-                chunks += 1
-    return chunks
+            if route is None:
+                for start in range(0, len(ids), CHUNK):
+                    app.send_task(REFRESH_BATCH, args=[ids[start:start + CHUNK]], producer=producer,
+                                  ignore_result=True)
+                queued += len(ids)
+    for route, ids in grouped.items():
+        if route is not None:
+            Line(rt.redis).join(route.host, ids, route.breaker)
+            queued += wake(rt, app, route.host, gate(rt).slots.free(route.host))
+    return queued
 
 
 @celery.task(name=REFRESH_BATCH, bind=True)
 def refresh_batch(self: KeeperTask, connection_ids: list[str], host: str | None = None, breaker: bool = True,
-                  turn: str | None = None, integrations: list[str] | None = None) -> dict[str, int]:
-    """Refresh the connections of a sweep page (with each one's integration), cut first into
-    chunks of one route each. Running twice is harmless: each connection is re-checked
-    under its lock. A chunk that names its `host` takes that host's slots (one round trip)
-    before any lock or read, and waits for its turn when there are none; a chunk deferred
-    with a `turn` runs only if no finished call woke that turn first."""
+                  leases: list[str] | None = None, integrations: list[str] | None = None) -> dict[str, int]:
+    """Refresh the connections of a sweep page (with each one's integration), which first
+    joins the lines of its hosts; or a chunk. Running twice is harmless: each connection is
+    re-checked under its lock. A chunk taken from its host's line holds that host's
+    `leases` (renewed first: one round trip); one that names its `host` only takes them.
+    Either way, before any lock or read; without any, it goes back to the front of the line."""
     rt = self.rt
     if len(connection_ids) > CHUNK:
-        return {"chunks": _cut(self.app, _by_route(rt, connection_ids, integrations))}
+        return {"queued_now": _cut(rt, self.app, _by_route(rt, connection_ids, integrations))}
     if host is None:
         return dict(refresh_chunk(rt, self.app, connection_ids))
     route = Route(host, breaker)
-    if turn is not None and not Turns(rt.redis).take(host, turn):
-        return {"woken_earlier": len(connection_ids)}
     hosts = gate(rt)
-    leases, wait = hosts.admit(host, len(connection_ids), breaker)
+    if leases is not None:
+        leases, wait = hosts.slots.renew(host, leases), SLOT_WAIT_SECONDS
+    else:
+        leases, wait = hosts.admit(host, len(connection_ids), breaker)
     if not leases:
         defer(rt, self.app, connection_ids, route, wait)
         return {"deferred": len(connection_ids)}

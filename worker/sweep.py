@@ -8,11 +8,14 @@ from celery import Celery
 from sqlalchemy import select, tuple_
 
 from shared import refreshes
+from shared.fairness import LINE_STALLED_SECONDS, Line
 from shared.models import Connection, utcnow
 from shared.queue import REFRESH_BATCH, SWEEP_DUE
 from shared.runtime import Runtime
 from shared.tokens import due_at
 from worker.app import celery
+from worker.batch import wake
+from worker.refresh import gate
 from worker.task import KeeperTask
 
 log = logging.getLogger(__name__)
@@ -52,9 +55,25 @@ def sweep(rt: Runtime, app: Celery, batch: int = SWEEP_BATCH) -> int:
     return queued
 
 
+def move_stalled_lines(rt: Runtime, app: Celery, stalled_seconds: float = LINE_STALLED_SECONDS) -> int:
+    """Take from every host's line that nothing has taken from for `stalled_seconds` (the
+    calls that held its slots ended without giving them back: a worker died), as many
+    connections as the host has free slots for; answers how many were queued."""
+    slots = gate(rt).slots
+    moved = 0
+    for host in Line(rt.redis, stalled_seconds).stalled():
+        taken = wake(rt, app, host, slots.free(host))
+        if taken:
+            log.warning("the line of %s had not moved; %d connections taken from it", host, taken)
+        moved += taken
+    return moved
+
+
 @celery.task(name=SWEEP_DUE, bind=True)
 def sweep_due(self: KeeperTask) -> int:
-    """Beat's periodic sweep; a redelivered one is harmless (the markers hold)."""
+    """Beat's periodic sweep, which also moves stalled lines; a redelivered one is harmless
+    (the markers hold)."""
     queued = sweep(self.rt, self.app)
+    move_stalled_lines(self.rt, self.app)
     log.info("sweep queued %d due connections", queued)
     return queued

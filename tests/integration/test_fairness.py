@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import select
+import signal
 import socket
 import threading
 import time
@@ -149,3 +150,29 @@ def _refreshed(stack: Stack, ids: list[str]) -> int:
         return session.query(Connection).filter(Connection.id.in_(ids), Connection.version > 1,
                                                 Connection.access_token_enc.is_not(None),
                                                 Connection.last_refreshed_at.is_not(None)).count()
+
+
+def test_a_line_whose_slots_died_with_their_worker_moves_once_their_leases_expire(
+        stack_factory: StackFactory, endpoints: tuple[Endpoint, Endpoint]) -> None:
+    """The worker calling a host is killed holding all 4 of its slots, with 8 connections
+    waiting in the host's line for them: nothing gives the slots back, so the sweep takes
+    from the line once the leases have expired and the line has not moved for 5 s."""
+    stack = stack_factory(workers=1, REFRESH_SWEEP_SECONDS="1", ALLOW_PRIVATE_PROVIDER_URLS="1",
+                          HTTP_TIMEOUT_SECONDS="2", PROVIDER_CONCURRENCY="4")  # leases of 2 × 2 + 5 s
+    stalled, _ = endpoints
+    stalled.stalling.set()
+    ids = _seed(stack, stalled.url, 12, due_in=-1)
+    line = f"provider-line:127.0.0.1:{stalled.server.server_address[1]}"
+    victim = stack.processes[-1]
+    stack.spawn("beat", [str(BIN / "celery"), "-A", "worker", "beat", "--loglevel", "INFO",
+                         "--schedule", str(stack.logdir / "beat.schedule")])
+    wait_for(lambda: stalled.in_flight == 4 and stack.runtime.redis.llen(line) == 8, timeout=30, interval=0.05,
+             what="4 calls in flight and 8 connections in line")
+    victim.stop(signal.SIGKILL)
+    stalled.stalling.clear()
+    killed_at = time.time()
+    rescuer = stack.start_worker("rescuer")
+    wait_for(lambda: _refreshed(stack, ids) >= 8, timeout=60, interval=0.5, what="the line's 8 to be refreshed")
+    assert time.time() - killed_at >= 5, "not before the leases expired and the line stalled"
+    assert "had not moved" in rescuer.output()
+    assert stalled.most_in_flight <= 4

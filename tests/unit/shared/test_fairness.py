@@ -6,14 +6,12 @@ import time
 import fakeredis
 
 from shared.fairness import (
-    LONGEST_TURN_SECONDS,
     SLOT_WAIT_SECONDS,
-    TURN_SECONDS,
-    TURN_STEP_SECONDS,
     Breaker,
     Gate,
     HostSlots,
-    Turns,
+    Line,
+    Waiting,
     counts_against_host,
     host_of,
 )
@@ -87,9 +85,42 @@ def test_admission_says_how_long_a_host_wants_waiting() -> None:
     assert refused == [] and 9 < wait <= 10
 
 
-def test_a_turn_further_down_its_line_waits_longer_before_going_by_itself() -> None:
-    turns = Turns(fakeredis.FakeRedis())
-    waits = [turns.wait("a:443", f"[{n}]")[1] for n in range(600)]
-    assert waits[0] == TURN_SECONDS and waits[1] == TURN_SECONDS + TURN_STEP_SECONDS
-    assert waits == sorted(waits) and waits[-1] == LONGEST_TURN_SECONDS
-    assert turns.wake("a:443", 2) == ["[0]", "[1]"], "woken in the order they queued"
+def test_free_slots_are_those_no_live_lease_holds_and_a_renewed_lease_lives_on() -> None:
+    slots = HostSlots(fakeredis.FakeRedis(), limit=3, lease_seconds=0.3)
+    assert slots.free("a:443") == 3
+    first, second = slots.acquire("a:443", 2)
+    assert slots.free("a:443") == 1 and slots.free("b:443") == 3
+    time.sleep(0.2)
+    assert slots.renew("a:443", [first, "not-a-lease"]) == [first]
+    time.sleep(0.2)
+    assert slots.free("a:443") == 2, "the lease not renewed expired; the renewed one holds its slot"
+    assert slots.renew("a:443", [second]) == [], "an expired lease is not renewed"
+    assert slots.release("a:443", [first]) == 3
+
+
+def test_a_line_gives_its_connections_in_order_the_front_first() -> None:
+    line = Line(fakeredis.FakeRedis())
+    line.join("a:443", ["c1", "c2", "c3"], breaker=True)
+    line.join("a:443", ["c0a", "c0b"], breaker=True, front=True)  # their turn had come already
+    line.join("a:443", ["s1"], breaker=False)
+    line.join("b:443", ["d1"], breaker=True)
+    assert line.take("a:443", 4) == [Waiting(["c0a", "c0b", "c1", "c2"], True)]
+    assert line.take("a:443", 10) == [Waiting(["c3"], True), Waiting(["s1"], False)]
+    assert line.take("a:443", 1) == [] and line.take("b:443", 5) == [Waiting(["d1"], True)]
+
+
+def test_a_line_nothing_takes_from_is_stalled_and_an_empty_one_forgotten() -> None:
+    client = fakeredis.FakeRedis()
+    line = Line(client, stalled_seconds=0.2)
+    line.join("a:443", ["c1", "c2"], breaker=True)
+    line.join("b:443", ["d1"], breaker=True)
+    assert line.stalled() == [], "a new line is moving"
+    time.sleep(0.3)
+    line.join("a:443", ["c3"], breaker=True)
+    assert line.stalled() == ["a:443", "b:443"], "joining a line does not move it"
+    line.take("a:443", 1)
+    line.take("b:443", 1)
+    assert line.stalled() == [], "taking moves it"
+    time.sleep(0.3)
+    assert line.stalled() == ["a:443"]
+    assert client.smembers(Line.HOSTS) == {b"a:443"}, "b's line is empty: forgotten"

@@ -8,13 +8,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
+
 from shared import refreshes
-from shared.fairness import HostSlots, Turns, host_of
+from shared.fairness import HostSlots, host_of
 from shared.locks import RefreshLock
 from shared.queue import REFRESH_BATCH, REFRESH_CONNECTION
 from shared.runtime import Runtime
 from shared.tokens import fenced_update
 from tests.unit.worker.conftest import Reply, TokenEndpoint, connections_at, history, stored
+from worker import batch
 from worker.batch import CHUNK, Admitted, Route, _by_route, _cut, refresh_chunk
 
 
@@ -90,43 +93,68 @@ def test_a_connection_locked_by_another_refresh_is_handed_to_the_single_path(wor
     assert rt.redis.get(f"refresh:{locked}") == lock.local.token, "another's lock is left alone"
 
 
-def test_a_chunk_larger_than_its_hosts_cap_goes_in_turns(worker_runtime: Runtime, endpoint: TokenEndpoint) -> None:
+def sent_chunks(celery: RecordingCelery) -> list[tuple[dict[str, Any], list[str], list[str]]]:
+    """The chunks a task queued: each one's route, connections and leases (if it holds any)."""
+    chunks = []
+    for name, (ids,), options in celery.sent:
+        assert name == REFRESH_BATCH
+        route = dict(options.get("kwargs", {}))
+        chunks.append((route, ids, route.pop("leases", [])))
+    return chunks
+
+
+def waiting(rt: Runtime, url: str) -> list[str]:
+    """The connections in the line of the URL's host, in order."""
+    return [entry.decode().partition(":")[2] for entry in rt.redis.lrange(f"provider-line:{host_of(url)}", 0, -1)]
+
+
+def test_a_chunk_larger_than_its_hosts_cap_sends_the_rest_holding_the_slots_its_calls_gave_back(
+        worker_runtime: Runtime, endpoint: TokenEndpoint) -> None:
     rt = worker_runtime  # 4 calls per host
     ids = connections_at(rt, endpoint.url, count=10)
+    refreshes.claim(rt.redis, ids)
     endpoint.default = Reply(delay=0.1)
     celery = RecordingCelery()
-    assert refresh_chunk(rt, celery, ids)["refreshed"] == 10  # type: ignore[arg-type]
-    assert endpoint.most_in_flight == 4 and len(endpoint.forms) == 10
-    assert celery.sent == []
+    outcomes = refresh_chunk(rt, celery, ids)  # type: ignore[arg-type]
+    assert (outcomes["refreshed"], outcomes["deferred"]) == (4, 6)
+    assert endpoint.most_in_flight == 4 and len(endpoint.forms) == 4
+    # The rest joined the front of the host's line, unlocked, before the calls; the 4 slots
+    # the calls gave back went at once to 4 of them, in one message that holds them.
+    ((route, woken, leases),) = sent_chunks(celery)
+    assert route == Route(host_of(endpoint.url), True).kwargs() and len(woken) == len(leases) == 4
+    assert HostSlots(rt.redis, limit=4, lease_seconds=30).renew(host_of(endpoint.url), leases) == leases
+    rest = [cid for cid in ids if stored(rt, cid).version == 1]
+    assert sorted(woken + waiting(rt, endpoint.url)) == sorted(rest) and len(rest) == 6
+    assert not any(rt.redis.exists(f"refresh:{cid}") for cid in rest), "no lock held while waiting"
+    assert all(rt.redis.exists(refreshes.queued_key(cid)) for cid in rest), "still queued: nobody queues them twice"
 
 
-def test_a_chunk_whose_host_has_no_free_slot_is_queued_again_holding_nothing(worker_runtime: Runtime,
-                                                                            endpoint: TokenEndpoint) -> None:
+def test_a_chunk_whose_host_has_no_free_slot_waits_in_line_holding_nothing(worker_runtime: Runtime,
+                                                                          endpoint: TokenEndpoint) -> None:
     rt = worker_runtime
+    route = Route(host_of(endpoint.url), True)
     ids = connections_at(rt, endpoint.url, count=3)
     refreshes.claim(rt.redis, ids)
     slots = HostSlots(rt.redis, limit=4, lease_seconds=30)
-    taken = slots.acquire(host_of(endpoint.url), 4)  # another worker's calls
+    taken = slots.acquire(route.host, 4)  # another worker's calls
     celery = RecordingCelery()
     assert refresh_chunk(rt, celery, ids)["deferred"] == 3  # type: ignore[arg-type]
-    assert endpoint.forms == []
-    ((name, (later,), options),) = celery.sent
-    assert name == REFRESH_BATCH and sorted(later) == sorted(ids)
-    turn = options["kwargs"].pop("turn")
-    assert options["kwargs"] == {"host": host_of(endpoint.url), "breaker": True}
-    assert 4 <= options["countdown"] <= 6, "a turn goes by itself if nothing wakes it"
+    assert endpoint.forms == [] and celery.sent == [], "waiting in line costs no message"
+    assert sorted(waiting(rt, endpoint.url)) == sorted(ids)
     assert all(rt.redis.exists(refreshes.queued_key(cid)) for cid in ids), "still queued: nobody queues them twice"
     assert not any(rt.redis.exists(f"refresh:{cid}") for cid in ids), "no lock held while waiting"
     assert all(stored(rt, cid).version == 1 for cid in ids)
-    # Another worker's calls end: the first chunk to finish at that host wakes the turn at once.
-    slots.release(host_of(endpoint.url), taken)
+    # Those calls end; the next chunk to give slots back at that host finds 4 free and
+    # sends the line's 3 in one message holding 3 of them.
+    slots.release(route.host, taken)
     (other,) = connections_at(rt, endpoint.url)
     woken = RecordingCelery()
     assert refresh_chunk(rt, woken, [other])["refreshed"] == 1  # type: ignore[arg-type]
-    assert [(name, sorted(args[0])) for name, args, _ in woken.sent] == [(REFRESH_BATCH, sorted(ids))]
-    assert not Turns(rt.redis).take(host_of(endpoint.url), turn), "the turn's own message will find it taken"
-    slots.release(host_of(endpoint.url), taken)
-    assert refresh_chunk(rt, RecordingCelery(), later)["refreshed"] == 3  # type: ignore[arg-type]
+    ((kwargs, later, leases),) = sent_chunks(woken)
+    assert kwargs == route.kwargs() and sorted(later) == sorted(ids) and waiting(rt, endpoint.url) == []
+    assert slots.free(route.host) == 1, "the message holds its slots"
+    outcomes = refresh_chunk(rt, RecordingCelery(), later, Admitted(route, slots.renew(route.host, leases)))  # type: ignore[arg-type]
+    assert outcomes["refreshed"] == 3 and slots.free(route.host) == 4
 
 
 def test_a_stale_answer_in_a_chunk_is_dropped_and_the_rest_written(worker_runtime: Runtime,
@@ -149,9 +177,9 @@ def test_a_stale_answer_in_a_chunk_is_dropped_and_the_rest_written(worker_runtim
     assert history(rt, ids[0]) == [] and history(rt, ids[1]) == ["refreshed"]
 
 
-def test_a_page_is_cut_into_chunks_of_one_host_each_that_name_it(worker_runtime: Runtime,
-                                                                  endpoint: TokenEndpoint) -> None:
-    rt = worker_runtime
+def test_a_page_joins_its_hosts_lines_and_as_many_go_at_once_as_each_host_has_free_slots(
+        worker_runtime: Runtime, endpoint: TokenEndpoint) -> None:
+    rt = worker_runtime  # 4 calls per host
     other = TokenEndpoint()
     try:
         first = connections_at(rt, endpoint.url, count=CHUNK + 1)
@@ -160,16 +188,18 @@ def test_a_page_is_cut_into_chunks_of_one_host_each_that_name_it(worker_runtime:
         integrations = [stored(rt, cid).integration_id for cid in page]
         page.append("conn_of_an_integration_gone")
         integrations.append("int_gone")
+        HostSlots(rt.redis, limit=4, lease_seconds=30).acquire(host_of(endpoint.url), 1)  # a call in flight there
         celery = RecordingCelery()
-        assert _cut(celery, _by_route(rt, page, integrations)) == 4  # type: ignore[arg-type]
+        assert _cut(rt, celery, _by_route(rt, page, integrations)) == 1 + 3 + 3  # type: ignore[arg-type]
     finally:
         other.close()
-    chunks = [(options.get("kwargs", {}), ids) for name, (ids,), options in celery.sent if name == REFRESH_BATCH]
+    chunks = sent_chunks(celery)
     first_route, second_route = Route(host_of(endpoint.url), True).kwargs(), Route(host_of(other.url), True).kwargs()
-    assert [(route, len(ids)) for route, ids in chunks] == [
-        (first_route, CHUNK), (first_route, 1), (second_route, 3), ({}, 1)]
-    assert sorted(cid for _, ids in chunks for cid in ids) == sorted(page)
-    assert chunks[2][1] == second and chunks[3][1] == ["conn_of_an_integration_gone"]
+    assert [(route, ids) for route, ids, _ in chunks] == [
+        ({}, ["conn_of_an_integration_gone"]), (first_route, first[:3]), (second_route, second)]
+    assert [len(leases) for _, _, leases in chunks] == [0, 3, 3], "each chunk of a host holds its slots"
+    assert waiting(rt, endpoint.url) == first[3:], "the rest wait in line, in the page's order"
+    assert waiting(rt, other.url) == []
     assert _by_route(rt, page, None) == {None: page}, "a page sent without its integrations is cut as it comes"
 
 
@@ -185,3 +215,20 @@ def test_slots_taken_before_the_locks_are_used_and_those_not_needed_given_back(w
     assert outcomes["refreshed"] == 2 and outcomes["not_needed"] == 1 and len(endpoint.forms) == 2
     assert rt.redis.zcard(HostSlots.key(route.host)) == 0, "every slot given back"
     assert len(slots.acquire(route.host, 4)) == 4
+
+
+def test_a_chunks_slots_go_back_once_its_calls_are_over_before_its_write(
+        worker_runtime: Runtime, endpoint: TokenEndpoint, monkeypatch: pytest.MonkeyPatch) -> None:
+    rt = worker_runtime  # 4 calls per host
+    ids = connections_at(rt, endpoint.url, count=3)
+    slots = HostSlots(rt.redis, limit=4, lease_seconds=30)
+    free_while_writing: list[int] = []
+    write = batch._write
+
+    def watched(*args: Any) -> None:
+        free_while_writing.append(slots.free(host_of(endpoint.url)))
+        write(*args)
+
+    monkeypatch.setattr(batch, "_write", watched)
+    assert refresh_chunk(rt, RecordingCelery(), ids)["refreshed"] == 3  # type: ignore[arg-type]
+    assert free_while_writing == [4]

@@ -1,6 +1,7 @@
 """The sweep queues each due active connection once, one message per keyset page."""
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -8,11 +9,13 @@ from typing import Any
 from sqlalchemy import select
 
 from shared import refreshes
+from shared.fairness import HostSlots, Line, host_of
 from shared.models import Connection
 from shared.queue import REFRESH_BATCH
 from shared.runtime import Runtime
 from tests.conftest import seed_connections
-from worker.sweep import sweep
+from tests.unit.worker.conftest import TokenEndpoint, connections_at
+from worker.sweep import move_stalled_lines, sweep
 
 
 class RecordingCelery:
@@ -28,7 +31,7 @@ class RecordingCelery:
 
     def send_task(self, name: str, args: list[Any], **options: Any) -> None:
         self.sent.append((name, args))
-        self.integrations.extend(options["kwargs"]["integrations"])
+        self.integrations.extend(options["kwargs"].get("integrations", []))
 
     def queued(self) -> list[str]:
         """Every connection id queued, in order."""
@@ -64,3 +67,19 @@ def test_short_lived_tokens_are_due_at_half_their_lifetime(memory_runtime: Runti
     celery = RecordingCelery()
     sweep(memory_runtime, celery)  # type: ignore[arg-type]
     assert celery.queued() == [past_half]
+
+
+def test_a_line_that_stopped_moving_is_taken_from_as_far_as_its_host_has_free_slots(
+        worker_runtime: Runtime, endpoint: TokenEndpoint) -> None:
+    rt, host = worker_runtime, host_of(endpoint.url)  # 4 calls per host
+    ids = connections_at(rt, endpoint.url, count=6)
+    line = Line(rt.redis, stalled_seconds=0.2)
+    line.join(host, ids, breaker=True)
+    HostSlots(rt.redis, limit=4, lease_seconds=30).acquire(host, 1)  # held by a worker that died
+    celery = RecordingCelery()
+    assert move_stalled_lines(rt, celery, stalled_seconds=0.2) == 0, "a line that just started is moving"  # type: ignore[arg-type]
+    time.sleep(0.3)
+    assert move_stalled_lines(rt, celery, stalled_seconds=0.2) == 3  # type: ignore[arg-type]
+    assert celery.sent == [(REFRESH_BATCH, [ids[:3]])]
+    assert move_stalled_lines(rt, celery, stalled_seconds=0.2) == 0, "it moved just now"  # type: ignore[arg-type]
+    assert line.take(host, 10)[0].connection_ids == ids[3:]
