@@ -54,7 +54,7 @@ from worker.task import KeeperTask
 
 log = logging.getLogger(__name__)
 
-CHUNK = 25
+CHUNK = 32
 CALL_THREADS = 128  # per process: the provider calls of every chunk running in it
 
 _pool: ThreadPoolExecutor | None = None
