@@ -10,6 +10,8 @@ expired while they were still active (lapsed).
 """
 from __future__ import annotations
 
+import re
+import statistics
 import time
 from datetime import timedelta
 
@@ -18,10 +20,27 @@ from sqlalchemy import func, insert, select
 from bench.fixtures import SCOPES, Sandbox, mint_grants, tenant_and_integration
 from bench.harness import BIN, CPUMeter, Environment, Section, error_summary, per_s, say
 from shared.models import Connection, Event, new_id, utcnow
+from worker.batch import CHUNK
 
 TITLE = "Proactive refresh of short-lived tokens"
 LIFETIME_SECONDS = 40
 LATENCY_MS = 200
+# A chunk's run as Celery logs it: its seconds and how many it refreshed.
+_CHUNK_RUN = re.compile(r"Task tokens\.refresh_batch\[[^\]]*\] succeeded in ([0-9.]+)s: \{[^}]*'refreshed': (\d+)")
+
+
+def _slots_note(logs: str, slots: int, steady: float) -> str:
+    """What the host's slots allow: each call holds one from its chunk's start to the end
+    of the chunk's calls; the chunks' runs (from the workers' logs) show how long."""
+    full = [float(seconds) for seconds, count in _CHUNK_RUN.findall(logs) if int(count) == CHUNK]
+    held = slots / steady if steady > 0 else float("nan")
+    ideal = per_s(slots / LATENCY_MS * 1000)
+    return (f"the host's slots: {slots} calls in flight at {LATENCY_MS} ms each would carry {ideal}; at "
+            f"{per_s(steady)}, were the slots always taken, each call held its slot {held * 1000:.0f} ms. A full "
+            f"chunk ({CHUNK} calls at once) ran {statistics.median(full) * 1000:.0f} ms (median of {len(full):,}: "
+            f"its calls, then its write after the slots went back): the burst's CPU on these shared cores, in the "
+            f"workers and the sandbox, adds to the provider's {LATENCY_MS} ms" if full
+            else "no full chunk in the workers' logs")
 
 
 def _insert(env: Environment, tenant_id: str, integration_id: str, grants: list, spread: float) -> None:
@@ -123,5 +142,6 @@ def run(section: Section, quick: bool = False, count: int = 5000, seconds: float
         + f" (total {spent:.2f} ms): at that cost 2 cores carry at most {per_s(2000 / max(spent, 1e-9))}, against "
         f"the {needed:.0f}/s needed; the sandbox provider's own share is "
         f"{per_refresh.get('sandbox', 0.0):.2f} ms",
+        _slots_note(logs, processes * threads, steady),
         f"errors in the workers' and beat's logs: {errors}",
     ]
