@@ -6,6 +6,7 @@
 - `Breaker`: after `BREAKER_FAILURES` timeouts, dropped connections or 5xx in a row,
   a host is left alone for `PROVIDER_BREAKER_SECONDS`; then one probe is let through
   (half-open), and its success closes the breaker again.
+- `Line`: the connections waiting for a host's slots, in order.
 
 A host is the token URL's host and port, read with urllib3's parser (the one the HTTP
 client connects with), so `127.0.0.1:8001` and `localhost:8001` are two hosts."""
@@ -243,10 +244,11 @@ class Waiting:
 class Line:
     """Connections waiting for a host's slots, in order, in Redis: a refresh that finds no
     free slot joins it without a message of its own, and whoever gives slots back takes as
-    many connections from its head as it gave back and queues them, so a freed slot is
-    used at once and no message comes back without a slot waiting for it. Should nothing
-    give slots back (a worker died holding them, until their leases expire), the sweep
-    takes from a line that has not moved for `stalled_seconds`."""
+    many connections from its head as the host has free slots and queues them holding
+    those slots, so a freed slot is used at once and no message goes without a slot
+    waiting for it. Should nothing give slots back (a worker died holding them, until
+    their leases expire), the sweep takes from a line that has not moved for
+    `stalled_seconds`."""
 
     HOSTS = "provider-lines"  # the hosts that may have a line
 
