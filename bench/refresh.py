@@ -98,7 +98,7 @@ STAGES = {
     "provider call (egress, HTTP, answer checks)": ("_post",),
     "locks (one script call per chunk)": ("take_refresh_locks",),
     "read (one SELECT per chunk)": ("_read",),
-    "per-host slots and breaker": ("admit", "done", "wake", "defer", "take"),
+    "per-host slots, breaker and line": ("admit", "renew", "done", "wake", "defer", "take"),
     "write (one transaction per chunk)": ("_write",),
     "settle (locks released and markers settled in one script call, retries)": ("_settle",),
     "the rest of the task": ("refresh_batch",),
