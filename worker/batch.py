@@ -111,17 +111,6 @@ def _post(rt: Runtime, call: Call) -> Call:
     return call
 
 
-def refresh_chunk(rt: Runtime, app: Celery, connection_ids: list[str],
-                  admitted: Admitted | None = None) -> Counter[str]:
-    """Refresh a chunk of connections that the sweep claimed, and settle each one's marker;
-    answers how many ended each way. `admitted`: slots taken already for the chunk's route.
-    Connections whose host had no free slot for them join the front of its line, holding
-    no thread meanwhile, before the chunk gives its own slots back and takes from it."""
-    outcomes: Counter[str] = Counter()
-    _refresh_once(rt, app, connection_ids, outcomes, admitted)
-    return outcomes
-
-
 def defer(rt: Runtime, app: Celery, connection_ids: list[str], route: Route, wait: float) -> None:
     """Queue connections of one route again: waiting for a slot (`wait` of `SLOT_WAIT_SECONDS`
     or less), at the front of the host's line, which the next slots given back at that
@@ -155,11 +144,15 @@ def wake(rt: Runtime, app: Celery, host: str, slots: int) -> int:
     return queued
 
 
-def _refresh_once(rt: Runtime, app: Celery, connection_ids: list[str], outcomes: Counter[str],
-                  admitted: Admitted | None) -> None:
-    """Lock, read, call whatever the hosts admit (or `admitted` took already), write, settle.
-    The connections left for later join the front of their line before the calls, their
-    locks released and markers kept; the slots go back as soon as the calls are over."""
+def refresh_chunk(rt: Runtime, app: Celery, connection_ids: list[str],
+                  admitted: Admitted | None = None) -> Counter[str]:
+    """Refresh a chunk of connections that the sweep claimed, and settle each one's marker;
+    answers how many ended each way. `admitted`: slots taken already for the chunk's route.
+    Lock, read, call whatever the hosts admit, write, settle. Connections whose host had
+    no free slot for them join the front of its line before the calls, holding no thread
+    and no lock meanwhile (their markers kept); the slots go back as soon as the calls
+    are over, and as many connections as are free then are taken from the line."""
+    outcomes: Counter[str] = Counter()
     hosts = gate(rt)
     held = take_refresh_locks(rt.redis, connection_ids, rt.settings.refresh_lock_ttl)
     busy = [cid for cid in connection_ids if cid not in held]
@@ -216,6 +209,7 @@ def _refresh_once(rt: Runtime, app: Celery, connection_ids: list[str], outcomes:
     finally:
         _settle(rt, app, held, settled)
     outcomes.update(outcome.name for outcome in settled.values())
+    return outcomes
 
 
 def _read(rt: Runtime, connection_ids: list[str]) -> list[Any]:
