@@ -30,8 +30,8 @@ _CHUNK_RUN = re.compile(r"Task tokens\.refresh_batch\[[^\]]*\] succeeded in ([0-
 
 
 def _slots_note(logs: str, slots: int, steady: float) -> str:
-    """What the host's slots allow: each call holds one from its chunk's start to the end
-    of the chunk's calls; the chunks' runs (from the workers' logs) show how long."""
+    """What the host's slots allow: each call holds one from its chunk leaving the line to
+    the end of the chunk's calls; the chunks' runs (from the workers' logs) show most of it."""
     full = [float(seconds) for seconds, count in _CHUNK_RUN.findall(logs) if int(count) == CHUNK]
     held = slots / steady if steady > 0 else float("nan")
     ideal = per_s(slots / LATENCY_MS * 1000)

@@ -123,13 +123,16 @@ def defer(rt: Runtime, app: Celery, connection_ids: list[str], route: Route, wai
                   countdown=wait * random.uniform(1.0, 1.2), ignore_result=True)
 
 
-def wake(rt: Runtime, app: Celery, host: str, slots: int) -> int:
+def wake(rt: Runtime, app: Celery, host: str, slots: int | None = None) -> int:
     """Take as many connections from the head of `host`'s line as `slots` (the host's free
-    slots), take their slots (the breaker permitting), and queue them in chunks that hold
-    them; those that got none go back to the front. Answers how many were queued."""
+    slots, asked of Redis when not given), take their slots (the breaker permitting), and
+    queue them in chunks that hold them; those that got none go back to the front.
+    Answers how many were queued."""
+    line, hosts = Line(rt.redis), gate(rt)
+    if slots is None:
+        slots = hosts.slots.free(host)
     if slots <= 0:
         return 0
-    line, hosts = Line(rt.redis), gate(rt)
     queued = 0
     with app.producer_or_acquire() as producer:
         for waiting in line.take(host, slots):
@@ -290,7 +293,7 @@ def _cut(rt: Runtime, app: Celery, grouped: dict[Route | None, list[str]]) -> in
     for route, ids in grouped.items():
         if route is not None:
             Line(rt.redis).join(route.host, ids, route.breaker)
-            queued += wake(rt, app, route.host, gate(rt).slots.free(route.host))
+            queued += wake(rt, app, route.host)
     return queued
 
 

@@ -15,7 +15,6 @@ from shared.runtime import Runtime
 from shared.tokens import due_at
 from worker.app import celery
 from worker.batch import wake
-from worker.refresh import gate
 from worker.task import KeeperTask
 
 log = logging.getLogger(__name__)
@@ -59,10 +58,9 @@ def move_stalled_lines(rt: Runtime, app: Celery, stalled_seconds: float = LINE_S
     """Take from every host's line that nothing has taken from for `stalled_seconds` (the
     calls that held its slots ended without giving them back: a worker died), as many
     connections as the host has free slots for; answers how many were queued."""
-    slots = gate(rt).slots
     moved = 0
     for host in Line(rt.redis, stalled_seconds).stalled():
-        taken = wake(rt, app, host, slots.free(host))
+        taken = wake(rt, app, host)
         if taken:
             log.warning("the line of %s had not moved; %d connections taken from it", host, taken)
         moved += taken
